@@ -1,0 +1,66 @@
+"""Command line: ``python -m clsd_ds <command> [--config FILE] [KEY=VALUE ...]``.
+
+    quickstart     the whole pipeline on a tiny verifier, on this CPU, nothing downloaded
+    prepare-data   text -> token-id shards (optionally with C precomputed by the verifier)
+    import-seed    the seed's [N, 128, 4096] embedding safetensors -> shards
+    train          a training run (Stage A, or the verifier fixture's pretraining); launch it with
+                   deepspeed, torchrun, mpirun or srun, or plainly for one process
+
+KEY=VALUE pairs override the config file (dotted paths, YAML values), e.g. ``optim.lr=3e-4 train.steps=100``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m clsd_ds", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in [("prepare-data", "tokenize text into shards"),
+                       ("import-seed", "convert the seed's embedding safetensors into shards"),
+                       ("train", "run a training stage")]:
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--config", help="YAML or JSON config file")
+        s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+        s.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by `deepspeed`
+    q = sub.add_parser("quickstart", help="run the embedded default end to end on the CPU")
+    q.add_argument("--config", help="YAML or JSON file overriding the quickstart's settings")
+    q.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "prepare-data":
+            from .data.writer import PrepareConfig, prepare_data
+
+            print(json.dumps(prepare_data(load_config(PrepareConfig, args.config, args.overrides)), indent=1))
+        elif args.command == "import-seed":
+            from .data.seed_import import ImportConfig, import_seed
+
+            print(json.dumps(import_seed(load_config(ImportConfig, args.config, args.overrides)), indent=1))
+        elif args.command == "train":
+            from .train.run import RunConfig, run
+
+            summary = run(load_config(RunConfig, args.config, args.overrides))
+            if summary is not None:
+                print(json.dumps(summary, indent=1), flush=True)
+        elif args.command == "quickstart":
+            from .quickstart import QuickstartConfig, quickstart
+
+            quickstart(load_config(QuickstartConfig, args.config, args.overrides))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""A deterministic arithmetic chain-of-thought corpus (math-like, as the seed's NuminaMath-CoT), made offline.
+
+Each document is a worksheet of several worked problems; every line of a solution follows from the previous
+ones, so a small verifier can learn the text and a drafter has something predictable to draft.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+NAMES = ["Ana", "Ben", "Chen", "Dana", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jade", "Kofi", "Lena"]
+ITEMS = ["apples", "books", "coins", "marbles", "pencils", "stamps", "cards", "shells"]
+
+
+def _expression(r: random.Random) -> str:
+    a, b, c, d = r.randint(2, 60), r.randint(2, 60), r.randint(2, 9), r.randint(1, 50)
+    s1 = a + b
+    s2 = s1 * c
+    s3 = s2 - d
+    return (f"Problem: Compute ({a} + {b}) * {c} - {d}.\n"
+            f"Solution: First, {a} + {b} = {s1}. Then {s1} * {c} = {s2}. Finally, {s2} - {d} = {s3}.\n"
+            f"Answer: {s3}")
+
+
+def _word(r: random.Random) -> str:
+    name, item = r.choice(NAMES), r.choice(ITEMS)
+    a, b, c = r.randint(1, 40), r.randint(2, 9), r.randint(2, 12)
+    p = b * c
+    return (f"Problem: {name} has {a} {item}. {name} buys {b} boxes with {c} {item} each. "
+            f"How many {item} does {name} have now?\n"
+            f"Solution: The boxes hold {b} * {c} = {p} {item}. Together, {a} + {p} = {a + p}.\n"
+            f"Answer: {a + p}")
+
+
+def _sum(r: random.Random) -> str:
+    xs = [r.randint(1, 99) for _ in range(r.randint(3, 5))]
+    steps, total = [], xs[0]
+    for x in xs[1:]:
+        steps.append(f"{total} + {x} = {total + x}.")
+        total += x
+    listed = ", ".join(str(x) for x in xs[:-1]) + f" and {xs[-1]}"
+    return f"Problem: Find the sum of {listed}.\nSolution: " + " ".join(steps) + f"\nAnswer: {total}"
+
+
+def _sequence(r: random.Random) -> str:
+    start, step = r.randint(1, 30), r.randint(2, 12)
+    terms = [start + i * step for i in range(4)]
+    nxt = terms[-1] + step
+    return (f"Problem: What is the next term of {', '.join(map(str, terms))}?\n"
+            f"Solution: Each term adds {step}. So {terms[-1]} + {step} = {nxt}.\n"
+            f"Answer: {nxt}")
+
+
+def _division(r: random.Random) -> str:
+    d, q, rem = r.randint(3, 15), r.randint(3, 30), 0
+    rem = r.randint(0, d - 1)
+    n = d * q + rem
+    return (f"Problem: Divide {n} by {d} with remainder.\n"
+            f"Solution: {d} * {q} = {d * q}. {n} - {d * q} = {rem}.\n"
+            f"Answer: {q} remainder {rem}")
+
+
+PROBLEMS = [_expression, _word, _sum, _sequence, _division]
+
+
+def make_document(r: random.Random) -> str:
+    """A worksheet of 3 to 6 worked problems."""
+    return "\n\n".join(r.choice(PROBLEMS)(r) for _ in range(r.randint(3, 6)))
+
+
+def write_corpus(path: str | Path, documents: int, seed: int = 0) -> Path:
+    """Write ``documents`` worksheets as JSONL (field ``text``); the same seed gives the same file."""
+    r = random.Random(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for _ in range(documents):
+            fh.write(json.dumps({"text": make_document(r)}) + "\n")
+    return path

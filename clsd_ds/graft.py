@@ -1,0 +1,55 @@
+"""The strided graft: which verifier layers the drafter is built from, and building it.
+
+Qwen3.5-9B has 32 layers in a repeating [3 x DeltaNet, 1 x attention] pattern; the seed's drafter keeps 12 of them,
+``STRIDE_INDICES`` (9 DeltaNet + 3 attention). Each drafter layer is a deep copy of its source layer, so it keeps
+the source's kind (DeltaNet or attention) and weights. Smaller verifiers get an evenly spaced slice (first and last
+layer included) unless the config lists the indices explicitly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from .config import ConfigError
+from .dit import CausalDiT, DiTConfig
+from .verifier import Verifier
+
+STRIDE_INDICES = [0, 3, 6, 9, 12, 15, 18, 21, 24, 26, 28, 31]
+
+
+def resolve_slice(num_layers: int, num_dit_layers: int, explicit: list[int] | None = None) -> list[int]:
+    """Source-layer indices for the drafter: ``explicit`` (validated), the seed's slice, or an even spread."""
+    if explicit is not None:
+        if not explicit:
+            raise ConfigError("field 'dit.layers': must list at least one verifier layer")
+        for i, idx in enumerate(explicit):
+            if not 0 <= idx < num_layers:
+                raise ConfigError(f"field 'dit.layers[{i}]': layer {idx} is out of range for a verifier with "
+                                  f"{num_layers} layers (valid: 0..{num_layers - 1})")
+        if sorted(set(explicit)) != list(explicit):
+            raise ConfigError(f"field 'dit.layers': indices must be strictly increasing, got {explicit}")
+        return list(explicit)
+    if not 1 <= num_dit_layers <= num_layers:
+        raise ConfigError(f"field 'dit.num_layers': {num_dit_layers} is not in 1..{num_layers} "
+                          f"(the verifier has {num_layers} layers)")
+    if (num_layers, num_dit_layers) == (32, len(STRIDE_INDICES)):
+        return list(STRIDE_INDICES)
+    if num_dit_layers == 1:
+        return [0]
+    return [round(i * (num_layers - 1) / (num_dit_layers - 1)) for i in range(num_dit_layers)]
+
+
+def graft(verifier: Verifier, cfg: DiTConfig) -> CausalDiT:
+    """Build the drafter from deep copies of the verifier's layers (and final norm), in the verifier's dtype.
+
+    The returned DiT's config has ``layers`` and ``embed_scale`` resolved, so an export rebuilds it exactly.
+    """
+    text_cfg = verifier.config
+    indices = resolve_slice(text_cfg.num_hidden_layers, cfg.num_layers, cfg.layers)
+    scale = cfg.embed_scale if cfg.embed_scale is not None else verifier.embedding_rms()
+    cfg = dataclasses.replace(cfg, layers=indices, num_layers=len(indices), embed_scale=scale)
+    source = verifier.lm.model
+    layers = [copy.deepcopy(source.layers[i]) for i in indices]
+    dit = CausalDiT(copy.deepcopy(text_cfg), cfg, layers=layers, final_norm=copy.deepcopy(source.norm))
+    return dit.to(verifier.lm.dtype).requires_grad_(True)

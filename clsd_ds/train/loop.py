@@ -1,0 +1,310 @@
+"""The DeepSpeed training loop shared by every stage (and by the verifier fixture's pretraining).
+
+A *task* supplies the trainable module and the loss; this loop owns everything else: the DeepSpeed engine
+(only trainable parameters reach the optimizer), AdamW with warmup + cosine decay (DeepSpeed's WarmupCosineLR),
+gradient accumulation, the data stream and its exact position, periodic evaluation, metrics, checkpoints,
+automatic resume from the run directory, and the final export.
+
+Randomness in a step (noise, timesteps) comes from a generator seeded by (seed, step, rank, micro-step), so a
+resumed run draws exactly what an uninterrupted one would, with no RNG state to carry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+import torch.distributed as dist
+
+from ..config import ConfigError, read_mapping
+from ..data.format import Manifest
+from ..data.reader import ShardLoader, eval_batches
+from . import checkpoint
+from .distributed import DistInfo
+from .metrics import Accumulator, MetricsLog, peak_tflops
+
+OWNED_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                 "gradient_clipping", "optimizer", "scheduler")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at train.steps
+    grad_clip: float = 1.0
+    backend: Literal["auto", "torch", "deepspeed"] = "auto"  # auto: DeepSpeed's AdamW when offloading, else torch's
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"field 'optim.lr': expected a positive number, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"field 'optim.betas': expected two numbers in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"field 'optim.warmup_steps': expected >= 0, got {self.warmup_steps}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 50000
+    batch_size: int = 32  # global blocks per optimizer step
+    micro_batch_size: int | None = None  # per rank and forward; default batch_size / world size
+    ds_config: str = "ds_configs/zero3_bf16.json"
+    log_every: int = 10
+    save_every: int = 1000
+    keep_last: int = 3
+    eval_every: int = 0  # 0: evaluate only before the first and after the last step (needs data.val)
+    eval_batches: int = 8
+    export: bool = True  # write <run_dir>/export after the last step
+    peak_tflops: float | None = None  # per device, for MFU; default from the device name
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "save_every", "keep_last", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"field 'train.{name}': expected a positive integer, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(f"field 'train.micro_batch_size': expected a positive integer, "
+                              f"got {self.micro_batch_size}")
+
+
+@dataclass
+class LogConfig:
+    wandb: bool = False
+    project: str = "clsd-ds"
+    entity: str | None = None
+    name: str | None = None
+    progress: bool = True  # tqdm bar on rank 0
+
+
+class Task(Protocol):
+    """What a training stage provides to the loop."""
+
+    module: torch.nn.Module
+
+    def check_data(self, manifest: Manifest, where: str) -> None: ...
+
+    def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None: ...
+
+    def loss(self, model, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]: ...
+
+    def flops_per_token(self) -> float: ...
+
+    def export(self, state_dict: dict, out_dir: Path) -> None: ...
+
+
+def micro_batching(batch_size: int, micro: int | None, world: int) -> tuple[int, int]:
+    """(micro batch per rank, accumulation steps) so that micro * accum * world == batch_size."""
+    micro = micro or max(1, batch_size // world)
+    if batch_size % (micro * world):
+        raise ConfigError(f"train.batch_size={batch_size} is not a multiple of train.micro_batch_size={micro} "
+                          f"x world size {world}")
+    return micro, batch_size // (micro * world)
+
+
+def build_ds_config(path: str, optim: OptimConfig, batch: int, micro: int, accum: int) -> tuple[dict, bool]:
+    """The DeepSpeed config: the file's ZeRO/precision settings + batch, clipping (and optimizer) from ours.
+
+    Returns (config, use DeepSpeed's optimizer). Keys this trainer owns must not be set in the file.
+    """
+    ds = read_mapping(path)
+    clash = [k for k in OWNED_DS_KEYS if k in ds]
+    if clash:
+        raise ConfigError(f"{path}: {', '.join(clash)} must not be set here; they come from the trainer config "
+                          f"(train.batch_size, train.micro_batch_size, optim.*)")
+    ds.update(train_batch_size=batch, train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum,
+              gradient_clipping=optim.grad_clip)
+    zero = ds.get("zero_optimization", {})
+    offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    use_ds = optim.backend == "deepspeed" or (optim.backend == "auto" and offload)
+    if offload and not use_ds:
+        raise ConfigError(f"{path} offloads the optimizer, which needs optim.backend=deepspeed (DeepSpeedCPUAdam)")
+    if use_ds:
+        ds["optimizer"] = {"type": "AdamW", "params": {"lr": optim.lr, "betas": optim.betas, "eps": optim.eps,
+                                                        "weight_decay": optim.weight_decay}}
+    return ds, use_ds
+
+
+def compute_dtype(ds: dict) -> torch.dtype:
+    if ds.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def step_generator(seed: int, step: int, rank: int, micro: int, device: torch.device, kind: str = "train"):
+    digest = hashlib.blake2b(f"{kind}:{seed}:{step}:{rank}:{micro}".encode(), digest_size=8).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+class Trainer:
+    """Runs a task to ``train.steps`` under DeepSpeed, resuming from ``<run_dir>/checkpoints`` if present."""
+
+    def __init__(self, task: Task, run_dir: str, seed: int, data_cfg, optim: OptimConfig, train: TrainConfig,
+                 log_cfg: LogConfig, dist_info: DistInfo, config_dict: dict):
+        self.task, self.seed, self.data_cfg, self.optim, self.cfg, self.log_cfg = task, seed, data_cfg, optim, \
+            train, log_cfg
+        self.dist = dist_info
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.config_dict = config_dict
+
+    def _engine(self, ds_config: dict, use_ds_optimizer: bool):
+        import deepspeed
+        from deepspeed.runtime.lr_schedules import WarmupCosineLR
+        from deepspeed.utils import set_z3_leaf_modules
+        from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
+
+        module = self.task.module
+        if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+            # The Gated DeltaNet reads conv1d.weight without calling conv1d: gather its parameters as one unit.
+            set_z3_leaf_modules(module, [Qwen3_5GatedDeltaNet], raise_if_not_found=False)
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = None
+        if not use_ds_optimizer:
+            optimizer = torch.optim.AdamW(params, lr=self.optim.lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
+                                          weight_decay=self.optim.weight_decay,
+                                          fused=self.dist.device.type == "cuda")
+
+        def scheduler(opt):
+            return WarmupCosineLR(opt, total_num_steps=self.cfg.steps, warmup_min_ratio=0.0,
+                                  warmup_num_steps=max(1, self.optim.warmup_steps),
+                                  cos_min_ratio=self.optim.min_lr_ratio, warmup_type="linear")
+
+        engine, _, _, lr_scheduler = deepspeed.initialize(model=module, model_parameters=params, optimizer=optimizer,
+                                                          lr_scheduler=scheduler, config=ds_config)
+        return engine, lr_scheduler
+
+    def _evaluate(self, engine, batches: list[dict]) -> dict:
+        acc = Accumulator()
+        engine.eval()
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                gen = step_generator(self.seed, i, self.dist.rank, 0, self.dist.device, kind="eval")
+                _, metrics = self.task.loss(engine, to_device(batch, self.dist.device), gen)
+                acc.add(metrics)
+        engine.train()
+        return acc.reduce(self.dist.device)
+
+    def run(self) -> dict | None:
+        d = self.dist
+        world = d.world_size
+        micro, accum = micro_batching(self.cfg.batch_size, self.cfg.micro_batch_size, world)
+        ds_config, use_ds_opt = build_ds_config(self.cfg.ds_config, self.optim, self.cfg.batch_size, micro, accum)
+        dtype = compute_dtype(ds_config)
+        manifest = Manifest.read(self.data_cfg.train)
+        self.task.check_data(manifest, self.data_cfg.train)
+        val_manifest = Manifest.read(self.data_cfg.val) if self.data_cfg.val else None
+        if val_manifest is not None:
+            self.task.check_data(val_manifest, self.data_cfg.val)
+        self.task.setup(d, dtype, manifest)
+        if d.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.config_dict, indent=1))
+        engine, lr_scheduler = self._engine(ds_config, use_ds_opt)
+
+        step, data_state, samples = 0, None, 0
+        tag = checkpoint.latest_tag(self.ckpt_dir)
+        if tag is not None:
+            _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+            step, samples = client["step"], client["samples"]
+            data_state = client["data"][d.rank] if client["world_size"] == world else None
+            if data_state is None:
+                raise ConfigError(f"{self.ckpt_dir / tag} was written by {client['world_size']} ranks, this run has "
+                                  f"{world}; resuming on a new world size is not supported yet")
+        loader = ShardLoader(self.data_cfg, self.data_cfg.train, micro, d.rank, world, state=data_state,
+                             pin_memory=d.device.type == "cuda")
+        val = eval_batches(self.data_cfg.val, micro, d.rank, world, self.cfg.eval_batches) if val_manifest else []
+
+        log = MetricsLog(self.run_dir, d.is_main, self.cfg.steps, step, self.log_cfg.progress, self.log_cfg,
+                         self.config_dict)
+        if tag is not None:
+            log.write(f"resumed from {self.ckpt_dir / tag} at step {step}")
+        peak = peak_tflops(self.cfg.peak_tflops)
+        fpt = self.task.flops_per_token()
+        summary: dict = {"start_step": step}
+        if val and step == 0:
+            summary["eval_start"] = self._evaluate(engine, val)
+            log.log(step, summary["eval_start"], kind="eval")
+
+        acc = Accumulator()
+        tokens_per_step = self.cfg.batch_size * manifest.block_len
+        t_last, steps_window, last_save_s = time.time(), 0, None
+        while step < self.cfg.steps:
+            for m in range(accum):
+                batch = to_device(next(loader), d.device)
+                gen = step_generator(self.seed, step, d.rank, m, d.device)
+                loss, metrics = self.task.loss(engine, batch, gen)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1} (rank {d.rank})")
+                engine.backward(loss)
+                engine.step()
+                acc.add(metrics)
+            step += 1
+            steps_window += 1
+            samples += self.cfg.batch_size
+            log.advance(step)
+            if step % self.cfg.log_every == 0 or step == self.cfg.steps:
+                elapsed = time.time() - t_last
+                stats = acc.reduce(d.device)
+                tok_s = tokens_per_step * steps_window / elapsed
+                stats.update(tok_s=tok_s, step_s=elapsed / steps_window, lr=lr_scheduler.get_last_lr()[0],
+                             grad_norm=_float(engine.get_global_grad_norm()), samples=samples,
+                             skipped_shards=_sum_over_ranks(loader.skipped_shards, d.device))
+                if peak:
+                    stats["mfu"] = fpt * tok_s / (peak * 1e12 * world)
+                log.log(step, stats)
+                summary["last"] = stats
+                t_last, steps_window = time.time(), 0
+            if val and self.cfg.eval_every and step % self.cfg.eval_every == 0 and step < self.cfg.steps:
+                log.log(step, self._evaluate(engine, val), kind="eval")
+            if step % self.cfg.save_every == 0 or step == self.cfg.steps:
+                states = [None] * world
+                dist.all_gather_object(states, loader.state_dict())
+                client = {"step": step, "samples": samples, "world_size": world, "data": states, "seed": self.seed}
+                last_save_s = checkpoint.save(engine, self.ckpt_dir, step, client, self.cfg.keep_last, d.is_main)
+                t_last += last_save_s
+        summary["end_step"] = step
+        summary["save_s"] = last_save_s
+        if val:
+            summary["eval_end"] = self._evaluate(engine, val)
+            log.log(step, summary["eval_end"], kind="eval")
+        if self.cfg.export:
+            self._export(engine)
+            summary["export"] = str(self.run_dir / "export")
+        log.close()
+        return summary if d.is_main else None
+
+    def _export(self, engine) -> None:
+        if engine.zero_optimization_partition_weights():
+            state = engine._zero3_consolidated_16bit_state_dict()  # gathers layer by layer onto rank 0
+        else:
+            state = engine.module.state_dict() if self.dist.is_main else None
+        if self.dist.is_main:
+            self.task.export(state, self.run_dir / "export")
+        dist.barrier()
+
+
+def _sum_over_ranks(value: int, device) -> int:
+    total = torch.tensor([value], device=device, dtype=torch.long)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+def _float(x) -> float:
+    if x is None:
+        return math.nan
+    return float(x.item() if torch.is_tensor(x) else x)

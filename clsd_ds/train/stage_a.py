@@ -1,0 +1,88 @@
+"""Stage A: rectified-flow velocity regression of the DiT on true blocks.
+
+For a batch of blocks: x1 = E[block] / embed_scale (or the stored embeddings), C from the shards or from the frozen
+verifier under no_grad, x0 ~ N(0, I), t ~ FlowConfig.t_sampling; loss = mean ||v_theta(x_t, t, C) - (x1 - x0)||^2.
+Only the DiT trains. When every sample carries C and the block (ids or embeddings), the verifier's layers are
+not needed: only its embedding matrix is kept on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError
+from ..data.format import Manifest
+from ..dit import CausalDiT, save_dit
+from ..flow import FlowConfig, interpolate, loss_by_t_bin, per_sample_loss, sample_t, velocity_target
+from ..verifier import Verifier
+from .distributed import DistInfo
+
+
+def block_flops_per_token(dit: CausalDiT, block_len: int) -> float:
+    """Training FLOPs per block token: 6 x (per-token weights + per-sample weights / K) + causal attention."""
+    per_sample = sum(p.numel() for name, p in dit.named_parameters()
+                     if name.startswith(("t_embed", "cond_proj")) or "adaLN" in name)
+    per_token = sum(p.numel() for p in dit.parameters()) - per_sample - dit.pos_emb.numel()
+    cfg = dit.text_config
+    attn_layers = sum(t == "full_attention" for t in dit.layer_types)
+    attention = 6 * attn_layers * block_len * cfg.num_attention_heads * cfg.head_dim  # QK^T and AV, causal half
+    return 6.0 * (per_token + per_sample / block_len) + attention
+
+
+class StageATask:
+    def __init__(self, dit: CausalDiT, verifier: Verifier, flow: FlowConfig):
+        self.module = dit
+        self.verifier = verifier
+        self.flow = flow
+        self.embedding = None
+        self.online_cond = True
+
+    def check_data(self, manifest: Manifest, where: str) -> None:
+        cfg, vcfg = self.module.cfg, self.verifier.config
+        if manifest.block_len != cfg.block_len:
+            raise ConfigError(f"{where}: shards hold {manifest.block_len}-token blocks but dit.block_len is "
+                              f"{cfg.block_len}")
+        if manifest.vocab_size > vcfg.vocab_size:
+            raise ConfigError(f"{where}: shards use a vocabulary of {manifest.vocab_size} tokens, the verifier has "
+                              f"{vcfg.vocab_size}")
+        if manifest.hidden_size not in (None, vcfg.hidden_size):
+            raise ConfigError(f"{where}: shards store {manifest.hidden_size}-d vectors, the verifier is "
+                              f"{vcfg.hidden_size}-d")
+        if "block" not in manifest.fields and "emb" not in manifest.fields:
+            raise ConfigError(f"{where}: samples carry neither block ids nor embeddings")
+
+    def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None:
+        self.online_cond = "cond" not in manifest.fields
+        lm = self.verifier.lm.to(dtype)
+        if self.online_cond:
+            lm.to(dist_info.device)
+        self.embedding = lm.get_input_embeddings().to(dist_info.device)
+
+    def targets(self, batch: dict) -> torch.Tensor:
+        """x1: the block's embeddings in the unit-RMS space, fp32."""
+        emb = batch["emb"] if "emb" in batch else self.embedding(batch["block"])
+        return emb.float() / self.module.cfg.embed_scale
+
+    def cond(self, batch: dict) -> torch.Tensor:
+        if "cond" in batch:
+            return batch["cond"]
+        return self.verifier.conditioning(batch["prefix"], batch["prefix_len"])
+
+    def loss(self, model, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        x1 = self.targets(batch)
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+        t = sample_t(self.flow, x1.shape[0], generator, device=x1.device)
+        v = model(interpolate(x0, x1, t), t, self.cond(batch))
+        losses = per_sample_loss(v, velocity_target(x0, x1))
+        sums, counts = loss_by_t_bin(losses, t, self.flow.t_bins)
+        metrics = {"loss": (losses.detach().sum(), losses.numel())}
+        metrics.update({f"loss_t{i}": (sums[i], counts[i]) for i in range(self.flow.t_bins)})
+        return losses.mean(), metrics
+
+    def flops_per_token(self) -> float:
+        return block_flops_per_token(self.module, self.module.cfg.block_len)
+
+    def export(self, state_dict: dict, out_dir: Path) -> None:
+        save_dit(state_dict, self.module.text_config, self.module.cfg, out_dir)
