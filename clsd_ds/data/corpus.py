@@ -66,8 +66,8 @@ PROBLEMS = [_expression, _word, _sum, _sequence, _division]
 
 
 def make_document(r: random.Random) -> str:
-    """A worksheet of 3 to 6 worked problems."""
-    return "\n\n".join(r.choice(PROBLEMS)(r) for _ in range(r.randint(3, 6)))
+    """A worksheet of 2 to 4 worked problems."""
+    return "\n\n".join(r.choice(PROBLEMS)(r) for _ in range(r.randint(2, 4)))
 
 
 def write_corpus(path: str | Path, documents: int, seed: int = 0) -> Path:

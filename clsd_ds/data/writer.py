@@ -127,7 +127,7 @@ class ShardSink:
         if self.writer is None:
             tmp = self._path(len(self.shards))
             self.writer = wds.TarWriter(str(tmp.with_name(tmp.name + ".tmp")), encoder=False,
-                                        compress=self.compress, mtime=0.0)
+                                        compress=self.compress, mtime=0)
         self.writer.write(sample)
         self.count += 1
         if self.count >= self.per_shard:
@@ -225,18 +225,25 @@ def prepare_data(cfg: PrepareConfig, log=print) -> dict:
             stats["samples"][split] += 1
 
     def flush_pending() -> None:
-        if not pending:
-            return
-        docs = [d for _, d in pending]
-        positions = [[s - 1 for s, _, _ in document_blocks(d, cfg.block_len, cfg.prefix_len, eos_id)] for d in docs]
-        conds = document_conditioning(verifier, docs, positions, eos_id)
-        for (index, doc), c in zip(pending, conds):
-            emit(index, doc, c)
-        pending.clear()
+        """Run the verifier over the pending documents, sorted by length to waste little on padding."""
+        pending.sort(key=lambda item: len(item[1]))
+        while pending:
+            n = 1
+            while n < len(pending) and (n + 1) * len(pending[n][1]) <= cfg.cond_batch_tokens:
+                n += 1
+            batch = pending[:n]
+            del pending[:n]
+            docs = [d for _, d in batch]
+            positions = [[s - 1 for s, _, _ in document_blocks(d, cfg.block_len, cfg.prefix_len, eos_id)]
+                         for d in docs]
+            for (index, doc), c in zip(batch, document_conditioning(verifier, docs, positions, eos_id)):
+                emit(index, doc, c)
 
     batch_texts: list[str] = []
+    pending_tokens = 0
 
     def tokenize_batch() -> None:
+        nonlocal pending_tokens
         for ids in tokenizer(batch_texts, add_special_tokens=False)["input_ids"]:
             doc = [start_id] + list(ids) + [eos_id]
             index = stats["documents"]
@@ -245,9 +252,11 @@ def prepare_data(cfg: PrepareConfig, log=print) -> dict:
             if verifier is None:
                 emit(index, doc, None)
                 continue
-            if pending and (len(pending) + 1) * max(len(doc), *(len(d) for _, d in pending)) > cfg.cond_batch_tokens:
-                flush_pending()
             pending.append((index, doc))
+            pending_tokens += len(doc)
+            if pending_tokens >= 8 * cfg.cond_batch_tokens:
+                flush_pending()
+                pending_tokens = 0
         batch_texts.clear()
 
     for n, text in enumerate(iter_documents(cfg.input, cfg.text_field)):

@@ -1,7 +1,7 @@
 """Next-token pretraining of a small Qwen3.5 verifier on the same shards: the embedded default's fixture.
 
-Each sample is read as the sequence [prefix | block]; the loss is the cross-entropy of the block's tokens given
-everything before them, so every token of a document is a target exactly once per epoch.
+Each sample is read as the sequence [prefix | block] and every position predicts the next token, so a token is
+a target once per sample it appears in (blocks overlap their successors' prefixes).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import Qwen3_5ForCausalLM
+from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5DecoderLayer
 
 from ..config import ConfigError
 from ..data.format import Manifest
@@ -30,24 +31,29 @@ def place_block(prefix: torch.Tensor, lengths: torch.Tensor, block: torch.Tensor
 class BlockLM(nn.Module):
     """Wraps the causal LM so that one forward returns the per-token block cross-entropy."""
 
+    # HF calls the Gated DeltaNet with keyword arguments, which ZeRO-3's backward hooks do not see; the decoder
+    # layer gets its hidden states positionally, so it is the unit ZeRO-3 gathers (see CausalDiT).
+    z3_leaf_classes = (Qwen3_5DecoderLayer,)
+
     def __init__(self, lm: Qwen3_5ForCausalLM):
         super().__init__()
         self.lm = lm
 
-    def forward(self, prefix, lengths, block) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, prefix, lengths, block) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-position next-token CE and correctness over [prefix | block], 0 past each sequence's end."""
         ids, positions = place_block(prefix, lengths, block)
-        hidden = self.lm.model(input_ids=ids, use_cache=False).last_hidden_state
-        reads = hidden.gather(1, (positions - 1)[..., None].expand(-1, -1, hidden.shape[-1]))
-        logits = self.lm.lm_head(reads).float()
-        ce = F.cross_entropy(logits.flatten(0, 1), block.flatten(), reduction="none").view_as(block)
-        return ce, (logits.argmax(-1) == block)
+        logits = self.lm(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        targets = ids[:, 1:]
+        valid = torch.arange(targets.shape[1], device=ids.device)[None] < positions[:, -1:]
+        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        return ce * valid, (logits.argmax(-1) == targets) & valid, valid
 
 
 class LMTask:
     def __init__(self, lm: Qwen3_5ForCausalLM, tokenizer_dir: str | None = None):
         self.module = BlockLM(lm.train().requires_grad_(True))
         self.tokenizer_dir = tokenizer_dir
-        self.block_len = None
+        self.block_len = self.prefix_len = None
 
     def check_data(self, manifest: Manifest, where: str) -> None:
         vocab = self.module.lm.config.vocab_size
@@ -57,21 +63,23 @@ class LMTask:
         if "block" not in manifest.fields:
             raise ConfigError(f"{where}: language-model pretraining needs block token ids")
         self.tokenizer_dir = self.tokenizer_dir or manifest.tokenizer
-        self.block_len = manifest.block_len
+        self.block_len, self.prefix_len = manifest.block_len, manifest.prefix_len
 
     def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None:
         self.module.to(dist_info.device)
 
     def loss(self, model, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        ce, correct = model(batch["prefix"], batch["prefix_len"], batch["block"])
-        n = ce.numel()
-        return ce.mean(), {"loss": (ce.detach().sum(), n), "accuracy": (correct.sum(), n)}
+        ce, correct, valid = model(batch["prefix"], batch["prefix_len"], batch["block"])
+        n = valid.sum()
+        return ce.sum() / n, {"loss": (ce.detach().sum(), n), "accuracy": (correct.sum(), n)}
 
     def flops_per_token(self) -> float:
         cfg = self.module.lm.config
         params = sum(p.numel() for p in self.module.parameters()) - self.module.lm.get_input_embeddings().weight.numel()
         attn_layers = sum(t == "full_attention" for t in cfg.layer_types)
-        return 6.0 * params + 6 * attn_layers * self.block_len * cfg.num_attention_heads * cfg.head_dim
+        seq = self.block_len + self.prefix_len  # at most; short-prefix samples cost less
+        per_position = 6.0 * params + 6 * attn_layers * seq * cfg.num_attention_heads * cfg.head_dim
+        return per_position * seq / self.block_len  # the loop counts block tokens
 
     def export(self, state_dict: dict, out_dir: Path) -> None:
         """A Hugging Face checkpoint directory (weights + config + tokenizer): usable as ``verifier.path``."""

@@ -29,6 +29,7 @@ from . import checkpoint
 from .distributed import DistInfo
 from .metrics import Accumulator, MetricsLog, peak_tflops
 
+REPO = Path(__file__).resolve().parents[2]
 OWNED_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                  "gradient_clipping", "optimizer", "scheduler")
 
@@ -110,12 +111,19 @@ def micro_batching(batch_size: int, micro: int | None, world: int) -> tuple[int,
     return micro, batch_size // (micro * world)
 
 
+def read_ds_config(path: str) -> dict:
+    """A DeepSpeed JSON file, looked up as given, then relative to the repository (``ds_configs/...``)."""
+    if not Path(path).is_file() and (REPO / path).is_file():
+        path = str(REPO / path)
+    return read_mapping(path)
+
+
 def build_ds_config(path: str, optim: OptimConfig, batch: int, micro: int, accum: int) -> tuple[dict, bool]:
     """The DeepSpeed config: the file's ZeRO/precision settings + batch, clipping (and optimizer) from ours.
 
     Returns (config, use DeepSpeed's optimizer). Keys this trainer owns must not be set in the file.
     """
-    ds = read_mapping(path)
+    ds = read_ds_config(path)
     clash = [k for k in OWNED_DS_KEYS if k in ds]
     if clash:
         raise ConfigError(f"{path}: {', '.join(clash)} must not be set here; they come from the trainer config "
@@ -166,12 +174,12 @@ class Trainer:
         import deepspeed
         from deepspeed.runtime.lr_schedules import WarmupCosineLR
         from deepspeed.utils import set_z3_leaf_modules
-        from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
 
         module = self.task.module
-        if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
-            # The Gated DeltaNet reads conv1d.weight without calling conv1d: gather its parameters as one unit.
-            set_z3_leaf_modules(module, [Qwen3_5GatedDeltaNet], raise_if_not_found=False)
+        if ds_config.get("zero_optimization", {}).get("stage", 0) == 3 and getattr(module, "z3_leaf_classes", ()):
+            # HF's Gated DeltaNet reads conv1d.weight without calling conv1d, so ZeRO-3 must gather its parameters
+            # as one unit: the module declares which class encloses it (see CausalDiT / BlockLM).
+            set_z3_leaf_modules(module, list(module.z3_leaf_classes))
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = None
         if not use_ds_optimizer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import ConfigError, read_mapping, to_dict
+from ..config import ConfigError, to_dict
 from ..data.reader import DataConfig
 from ..dit import DiTConfig
 from ..flow import FlowConfig
@@ -17,7 +17,7 @@ from ..graft import graft
 from ..verifier import Verifier, VerifierConfig
 from .distributed import init_distributed
 from .lm import LMTask
-from .loop import LogConfig, OptimConfig, Trainer, TrainConfig, compute_dtype
+from .loop import LogConfig, OptimConfig, Trainer, TrainConfig, compute_dtype, read_ds_config
 from .stage_a import StageATask
 
 
@@ -49,7 +49,7 @@ def build_task(cfg: RunConfig, dtype):
 def run(cfg: RunConfig) -> dict:
     """Train ``cfg`` to ``train.steps`` (resuming from ``run_dir`` if it holds checkpoints); rank 0 gets a summary."""
     dist_info = init_distributed()
-    dtype = compute_dtype(read_mapping(cfg.train.ds_config))
+    dtype = compute_dtype(read_ds_config(cfg.train.ds_config))
     task = build_task(cfg, dtype)
     trainer = Trainer(task, cfg.run_dir, cfg.seed, cfg.data, cfg.optim, cfg.train, cfg.log, dist_info, to_dict(cfg))
     return trainer.run()

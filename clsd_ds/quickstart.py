@@ -1,0 +1,143 @@
+"""The embedded default: the whole pipeline on a tiny Qwen3.5 verifier, on the CPU, with nothing downloaded.
+
+Stages (each skipped when its output is already in the run directory, so a rerun continues):
+    corpus      arithmetic chain-of-thought worksheets (data/corpus.py)
+    tokenizer   a byte-level BPE trained on them (data/tokenizer.py)
+    tokens      prepare-data: token shards, train + val
+    verifier    pretrain a tiny Qwen3.5 verifier on them (stage lm), exported as a HF checkpoint
+    shards      prepare-data again, now with C precomputed by that verifier
+    stage_a     Stage A of the DiT grafted from the verifier
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import to_dict
+from .data.corpus import write_corpus
+from .data.format import MANIFEST
+from .data.reader import DataConfig
+from .data.tokenizer import train_tokenizer
+from .data.writer import PrepareConfig, prepare_data
+from .dit import EXPORT_WEIGHTS, DiTConfig
+from .flow import FlowConfig
+from .train.loop import LogConfig, OptimConfig, TrainConfig
+from .train.run import RunConfig, run
+from .verifier import VerifierConfig, load_tokenizer
+
+TINY_VERIFIER = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 8, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "head_dim": 32, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+                 "linear_key_head_dim": 32, "linear_value_head_dim": 32, "max_position_embeddings": 4096,
+                 "tie_word_embeddings": True}
+
+
+@dataclass
+class QuickstartConfig:
+    run_dir: str = "runs/quickstart"
+    seed: int = 0
+    documents: int = 1000
+    vocab_size: int = 512
+    block_len: int = 32
+    prefix_len: int = 96
+    verifier: dict = field(default_factory=lambda: dict(TINY_VERIFIER))
+    verifier_steps: int = 100
+    verifier_batch: int = 16
+    verifier_lr: float = 3e-3
+    dit_layers: int = 4
+    stage_a_steps: int = 200
+    stage_a_batch: int = 32
+    stage_a_lr: float = 1e-3
+    num_workers: int = 1
+    ds_config: str = "ds_configs/cpu_zero3.json"
+    progress: bool = True
+
+
+def _train(cfg: QuickstartConfig, run_dir: Path, **sections) -> dict:
+    return run(RunConfig(run_dir=str(run_dir), seed=cfg.seed, **sections))
+
+
+def quickstart(cfg: QuickstartConfig) -> dict:
+    root = Path(cfg.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    report: dict = {"run_dir": str(root.resolve())}
+    t_all = time.time()
+
+    def stage(name: str, done: bool, fn) -> None:
+        t0 = time.time()
+        if done:
+            print(f"[quickstart] {name}: already done, skipped", flush=True)
+            return
+        print(f"[quickstart] {name} ...", flush=True)
+        result = fn()
+        report[name] = {"seconds": round(time.time() - t0, 1), **(result or {})}
+
+    corpus = root / "corpus.jsonl"
+    stage("corpus", corpus.is_file(), lambda: {"documents": cfg.documents, "path": str(
+        write_corpus(corpus, cfg.documents, cfg.seed))})
+
+    tok_dir = root / "tokenizer"
+
+    def make_tokenizer():
+        texts = [json.loads(line)["text"] for line in corpus.open()]
+        return {"vocab": len(train_tokenizer(texts, cfg.vocab_size, tok_dir)), "path": str(tok_dir)}
+
+    stage("tokenizer", (tok_dir / "tokenizer.json").is_file(), make_tokenizer)
+
+    def shards(out: Path, **extra) -> dict:
+        return prepare_data(PrepareConfig(input=[str(corpus)], out=str(out), block_len=cfg.block_len,
+                                          prefix_len=cfg.prefix_len, val_fraction=0.05, shard_samples=1000,
+                                          seed=cfg.seed, overwrite=True, **extra))
+
+    tokens = root / "shards_tokens"
+    stage("tokens", (tokens / "val" / MANIFEST).is_file(), lambda: shards(tokens, tokenizer=str(tok_dir)))
+
+    vocab = -(-len(load_tokenizer(str(tok_dir))) // 64) * 64
+    verifier_run = root / "verifier"
+    verifier_dir = verifier_run / "export"
+    common = dict(data=DataConfig(train=str(tokens / "train"), val=str(tokens / "val"), num_workers=cfg.num_workers,
+                                  seed=cfg.seed), log=LogConfig(progress=cfg.progress))
+    stage("verifier", (verifier_dir / "config.json").is_file(), lambda: _train(
+        cfg, verifier_run, stage="lm", verifier=VerifierConfig(random_init={**cfg.verifier, "vocab_size": vocab}),
+        optim=OptimConfig(lr=cfg.verifier_lr, warmup_steps=cfg.verifier_steps // 10, weight_decay=0.01),
+        train=TrainConfig(steps=cfg.verifier_steps, batch_size=cfg.verifier_batch, ds_config=cfg.ds_config,
+                          log_every=25, save_every=cfg.verifier_steps, keep_last=1, eval_batches=4), **common))
+
+    cond = root / "shards"
+    stage("shards", (cond / "val" / MANIFEST).is_file(), lambda: shards(
+        cond, cond=True, cond_dtype="float32", verifier=VerifierConfig(path=str(verifier_dir))))
+
+    stage_a = root / "stage_a"
+    common["data"] = DataConfig(train=str(cond / "train"), val=str(cond / "val"), num_workers=cfg.num_workers,
+                                seed=cfg.seed)
+    stage("stage_a", (stage_a / "export" / EXPORT_WEIGHTS).is_file(), lambda: _train(
+        cfg, stage_a, stage="a", verifier=VerifierConfig(path=str(verifier_dir)),
+        dit=DiTConfig(num_layers=cfg.dit_layers, block_len=cfg.block_len), flow=FlowConfig(),
+        optim=OptimConfig(lr=cfg.stage_a_lr, warmup_steps=cfg.stage_a_steps // 10),
+        train=TrainConfig(steps=cfg.stage_a_steps, batch_size=cfg.stage_a_batch, ds_config=cfg.ds_config,
+                          log_every=25, save_every=cfg.stage_a_steps, keep_last=1, eval_batches=4), **common))
+
+    report["seconds"] = round(time.time() - t_all, 1)
+    report["config"] = to_dict(cfg)
+    (root / "quickstart.json").write_text(json.dumps(report, indent=1))
+    print(summarize(report), flush=True)
+    return report
+
+
+def summarize(report: dict) -> str:
+    lines = [f"[quickstart] done in {report['seconds']} s; everything is under {report['run_dir']}"]
+    for name in ("tokens", "shards"):
+        if name in report and "train" in report[name]:
+            r = report[name]["train"]
+            lines.append(f"  {name:9s} {r['samples']} train samples, {r['bytes_per_sample']} bytes/sample")
+    for name, what in (("verifier", "next-token CE"), ("stage_a", "velocity MSE")):
+        r = report.get(name)
+        if not r or "eval_end" not in r:
+            continue
+        last = r.get("last", {})
+        lines.append(f"  {name:9s} held-out {what} {r['eval_start']['loss']:.4f} -> {r['eval_end']['loss']:.4f}"
+                     f"; {last.get('tok_s', 0):.0f} tok/s, {last.get('step_s', 0):.3f} s/step"
+                     f"; export: {r['export']}")
+    return "\n".join(lines)
