@@ -21,6 +21,7 @@ from .config import ConfigError, load_config
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clsd_ds", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # `deepspeed` passes it first
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in [("prepare-data", "tokenize text into shards"),
                        ("import-seed", "convert the seed's embedding safetensors into shards"),
@@ -28,7 +29,6 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", help="YAML or JSON config file")
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-        s.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by `deepspeed`
     q = sub.add_parser("quickstart", help="run the embedded default end to end on the CPU")
     q.add_argument("--config", help="YAML or JSON file overriding the quickstart's settings")
     q.add_argument("overrides", nargs="*", metavar="KEY=VALUE")

@@ -45,7 +45,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(tp: Any, value: Any, where: str, source: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and return it (ints are accepted where floats are)."""
+    """Check ``value`` against the annotation ``tp`` and return it (ints and numeric strings pass as floats)."""
     origin = get_origin(tp)
 
     def fail() -> ConfigError:
@@ -94,6 +94,11 @@ def _coerce(tp: Any, value: Any, where: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise fail()
     if tp is str:
         if isinstance(value, str):
@@ -118,6 +123,8 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", prefix
     for f in dataclasses.fields(cls):
         if f.name in data:
             kwargs[f.name] = _coerce(hints[f.name], data[f.name], prefix + f.name, source)
+        elif dataclasses.is_dataclass(hints[f.name]):  # an absent section still gets validated
+            kwargs[f.name] = from_dict(hints[f.name], {}, source, prefix + f.name + ".")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{source}: missing required field '{prefix}{f.name}' ({_type_name(hints[f.name])})")
     obj = cls(**kwargs)

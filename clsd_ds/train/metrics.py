@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -111,7 +112,7 @@ def _start_wandb(run_dir: Path, cfg, config: dict | None):
     import wandb
 
     id_file = run_dir / "wandb_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(8)
     id_file.write_text(run_id)
     return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_dir.name, id=run_id,
                       resume="allow", dir=str(run_dir), config=config, mode=os.environ.get("WANDB_MODE"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from ..config import ConfigError, to_dict
 from ..data.reader import DataConfig
 from ..dit import DiTConfig
@@ -40,6 +42,8 @@ class RunConfig:
 
 
 def build_task(cfg: RunConfig, dtype):
+    """The stage's task; every rank builds the same initial weights (the new layers are seeded)."""
+    torch.manual_seed(cfg.seed)
     verifier = Verifier.load(cfg.verifier, dtype=dtype, seed=cfg.seed)
     if cfg.stage == "lm":
         return LMTask(verifier.lm)

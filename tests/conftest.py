@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny tokenizer, a tiny random-init Qwen3.5 verifier checkpoint, and token shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clsd_ds.data.corpus import write_corpus  # noqa: E402
+from clsd_ds.data.tokenizer import train_tokenizer  # noqa: E402
+from clsd_ds.data.writer import PrepareConfig, prepare_data  # noqa: E402
+from clsd_ds.verifier import Verifier, VerifierConfig  # noqa: E402
+
+# 8 layers in Qwen3.5's [3 x DeltaNet, 1 x attention] pattern, hidden 64.
+TINY = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 8,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16}
+BLOCK, PREFIX = 16, 32
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("clsd")
+
+
+@pytest.fixture(scope="session")
+def corpus(workdir) -> Path:
+    return write_corpus(workdir / "corpus.jsonl", 40, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(workdir, corpus) -> Path:
+    texts = [json.loads(line)["text"] for line in corpus.open()]
+    train_tokenizer(texts, 300, workdir / "tokenizer")
+    return workdir / "tokenizer"
+
+
+@pytest.fixture(scope="session")
+def verifier_dir(workdir, tokenizer_dir) -> Path:
+    """A random-init tiny verifier saved as a Hugging Face checkpoint, with the tokenizer beside it."""
+    from clsd_ds.verifier import load_tokenizer
+
+    out = workdir / "verifier"
+    Verifier.load(VerifierConfig(random_init=TINY), seed=3).lm.save_pretrained(out)
+    load_tokenizer(str(tokenizer_dir)).save_pretrained(out)
+    return out
+
+
+def make_shards(out: Path, tokenizer_dir: Path, **kw) -> dict:
+    cfg = dict(input=[str(out.parent / "corpus.jsonl")], out=str(out), tokenizer=str(tokenizer_dir),
+               block_len=BLOCK, prefix_len=PREFIX, shard_samples=60, val_fraction=0.1, shuffle_buffer=200)
+    cfg.update(kw)
+    return prepare_data(PrepareConfig(**cfg), log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def shards(workdir, corpus, tokenizer_dir) -> Path:
+    make_shards(workdir / "shards", tokenizer_dir)
+    return workdir / "shards"
+
+
+def run_cli(args: list[str], nproc: int = 1, launcher: str = "torchrun", env: dict | None = None,
+            timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m clsd_ds ARGS`` under a launcher (torchrun / deepspeed / mpirun / none), from the repo."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), WANDB_MODE="offline",
+                    PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    bindir = Path(sys.executable).parent
+    if launcher == "torchrun":
+        cmd = [str(bindir / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(_port()), "-m",
+               "clsd_ds", *args]
+    elif launcher == "deepspeed":
+        cmd = [str(bindir / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(_port()), "--module",
+               "clsd_ds", *args]
+    elif launcher == "mpirun":
+        cmd = [str(bindir / "mpirun"), "-n", str(nproc), sys.executable, "-m", "clsd_ds", *args]
+    else:
+        cmd = [sys.executable, "-m", "clsd_ds", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_verifier() -> Verifier:
+    return Verifier.load(VerifierConfig(random_init=TINY), seed=3)
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(0)

@@ -1,0 +1,202 @@
+"""Shards: what prepare-data writes, and how the reader splits, orders, resumes and fails."""
+
+import gzip
+import io
+import json
+import shutil
+import tarfile
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BLOCK, PREFIX, make_shards
+from torch.utils.data import DataLoader
+
+from clsd_ds.config import ConfigError
+from clsd_ds.data.format import MANIFEST, Manifest, ShardError
+from clsd_ds.data.reader import DataConfig, ShardLoader, ShardStream
+from clsd_ds.data.writer import PrepareConfig, prepare_data
+from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer
+
+
+def all_samples(directory) -> list[dict]:
+    """Every sample of a directory once, in file order."""
+    out = []
+    for batch in ShardStream(directory, 1, shuffle=False, infinite=False):
+        out.append({"key": batch["keys"][0], "prefix": batch["prefix"][0, :batch["prefix_len"][0]],
+                    **{k: batch[k][0] for k in ("block", "cond") if k in batch}})
+    return out
+
+
+def test_blocks_tile_every_document_exactly(shards, corpus, tokenizer_dir):
+    tok = load_tokenizer(str(tokenizer_dir))
+    eos = tok.eos_token_id
+    docs = [tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"] for line in corpus.open()]
+    samples = all_samples(shards / "train") + all_samples(shards / "val")
+    by_doc: dict[int, dict[int, dict]] = {}
+    for s in samples:
+        doc, blk = map(int, s["key"].split("_"))
+        by_doc.setdefault(doc, {})[blk] = s
+    assert sorted(by_doc) == list(range(len(docs)))  # every document, once, in one split
+    for d, blocks in by_doc.items():
+        full = [eos] + docs[d] + [eos]  # Qwen-style: no BOS, documents open with EOS
+        assert sorted(blocks) == list(range(len(blocks)))
+        tokens = torch.cat([blocks[k]["block"] for k in range(len(blocks))]).tolist()
+        assert tokens[:len(full) - 1] == full[1:]
+        assert set(tokens[len(full) - 1:]) <= {eos}  # the last block is padded with EOS
+        for k, s in blocks.items():
+            start = 1 + k * BLOCK
+            assert s["prefix"].tolist() == full[max(0, start - PREFIX):start]
+
+
+def test_manifest_reports_bytes_per_sample(shards):
+    for split in ("train", "val"):
+        m = Manifest.read(shards / split)
+        on_disk = sum((shards / split / s.name).stat().st_size for s in m.shards)
+        assert m.bytes == on_disk and m.samples == len(all_samples(shards / split))
+        assert m.bytes_per_sample == pytest.approx(on_disk / m.samples)
+        assert json.loads((shards / split / MANIFEST).read_text())["bytes_per_sample"] == round(on_disk / m.samples, 1)
+
+
+def epoch0_keys(directory, rank, world, workers, reads) -> list[str]:
+    stream = ShardStream(directory, 1, rank, world, workers, seed=5)
+    keys = []
+    for batch in islice(DataLoader(stream, batch_size=None, num_workers=workers), reads):
+        if batch["meta"]["position"][0] == 0:
+            keys.append(batch["keys"][0])
+    return keys
+
+
+@pytest.mark.parametrize("shard_samples", [60, 250])  # 60: >= 4 shards (split by shard); 250: < 4 (by sample)
+def test_two_ranks_two_workers_read_each_sample_once_per_epoch(workdir, tokenizer_dir, shard_samples):
+    out = workdir / f"split_{shard_samples}"
+    if not out.exists():
+        make_shards(out, tokenizer_dir, shard_samples=shard_samples, val_fraction=0.0)
+    m = Manifest.read(out / "train")
+    assert (len(m.shards) >= 4) == (shard_samples == 60)
+    keys = [k for rank in (0, 1) for k in epoch0_keys(out / "train", rank, 2, 2, reads=m.samples)]
+    counts = Counter(keys)
+    assert max(counts.values()) == 1
+    assert set(counts) == {s["key"] for s in all_samples(out / "train")}
+
+
+def _batches(loader, n):
+    return [(b["keys"], b["block"]) for b in islice(loader, n)]
+
+
+def test_order_is_fixed_by_the_seed(shards):
+    cfg = DataConfig(train=str(shards / "train"), num_workers=2, seed=7)
+    a = _batches(ShardLoader(cfg, cfg.train, 4, 1, 2), 12)
+    b = _batches(ShardLoader(cfg, cfg.train, 4, 1, 2), 12)
+    c = _batches(ShardLoader(DataConfig(train=cfg.train, num_workers=2, seed=8), cfg.train, 4, 1, 2), 12)
+    assert [k for k, _ in a] == [k for k, _ in b]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a, b))
+    assert [k for k, _ in a] != [k for k, _ in c]
+
+
+@pytest.mark.parametrize("cross_epoch", [False, True])
+def test_resume_continues_exactly(shards, cross_epoch):
+    cfg = DataConfig(train=str(shards / "train"), num_workers=2, seed=3)
+    per_rank_batches = Manifest.read(cfg.train).samples // 2 // 4
+    stop = per_rank_batches + 4 if cross_epoch else 5
+    total = stop + 25
+    reference = _batches(ShardLoader(cfg, cfg.train, 4, 1, 2), total)
+    first = ShardLoader(cfg, cfg.train, 4, 1, 2)
+    _batches(first, stop)
+    state = json.loads(json.dumps(first.state_dict()))  # it travels through a checkpoint as plain data
+    resumed = _batches(ShardLoader(cfg, cfg.train, 4, 1, 2, state=state), total - stop)
+    assert [k for k, _ in resumed] == [k for k, _ in reference[stop:]]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(resumed, reference[stop:]))
+    assert any(p[0] >= 1 for p in state["workers"].values()) == cross_epoch
+
+
+def test_resume_needs_the_same_layout(shards):
+    cfg = DataConfig(train=str(shards / "train"), num_workers=2)
+    loader = ShardLoader(cfg, cfg.train, 4, 0, 2)
+    next(loader)
+    with pytest.raises(ConfigError, match="2 ranks x 2 workers.*data.num_workers"):
+        ShardLoader(DataConfig(train=cfg.train, num_workers=1), cfg.train, 4, 0, 2, state=loader.state_dict())
+
+
+def _corrupt_copy(src: Path, dst: Path, how: str) -> str:
+    shutil.copytree(src, dst)
+    m = Manifest.read(dst)
+    victim = dst / m.shards[1].name
+    data = victim.read_bytes()
+    if how == "truncate":
+        victim.write_bytes(data[: len(data) // 2])
+    else:  # a shard cut exactly at a sample boundary: a valid tar archive that is too short
+        raw = gzip.decompress(data)
+        members = tarfile.open(fileobj=io.BytesIO(raw)).getmembers()
+        cut = members[len(m.fields) * (m.shards[1].samples // 2)].offset
+        victim.write_bytes(gzip.compress(raw[:cut] + b"\0" * 1024))
+    return victim.name
+
+
+@pytest.mark.parametrize("how", ["truncate", "short"])
+def test_corrupt_shard_error_names_it(shards, tmp_path, how):
+    name = _corrupt_copy(shards / "train", tmp_path / "bad", how)
+    cfg = DataConfig(train=str(tmp_path / "bad"), num_workers=2, shuffle=False)
+    loader = ShardLoader(cfg, cfg.train, 4, 0, 1)
+    with pytest.raises(ShardError, match=f"corrupt shard .*{name}"):
+        for _ in range(1000):
+            next(loader)
+
+
+def test_corrupt_shard_skip_logs_and_counts(shards, tmp_path, caplog):
+    _corrupt_copy(shards / "train", tmp_path / "bad", "truncate")
+    m = Manifest.read(tmp_path / "bad")
+    cfg = DataConfig(train=str(tmp_path / "bad"), num_workers=0, shuffle=False, on_corrupt="skip")
+    loader = ShardLoader(cfg, cfg.train, 1, 0, 1)
+    keys = [next(loader)["keys"][0] for _ in range(m.samples - m.shards[1].samples)]
+    assert loader.skipped_shards == 1
+    assert "corrupt shard" in caplog.text and "skipped" in caplog.text
+    good = {s["key"] for i, sh in enumerate(m.shards) if i != 1 for s in all_samples_of_shard(tmp_path / "bad", sh)}
+    assert set(keys) == good
+
+
+def all_samples_of_shard(directory, shard):
+    import webdataset as wds
+
+    return [{"key": r["__key__"]} for r in wds.tarfile_samples([{"url": str(directory / shard.name)}])]
+
+
+def test_precomputed_cond_is_the_verifier_state_before_each_block(workdir, verifier_dir, corpus):
+    out = workdir / "cond_shards"
+    summary = make_shards(out, verifier_dir, cond=True, cond_dtype="float32",
+                          verifier=VerifierConfig(path=str(verifier_dir)), tokenizer=None)
+    assert Manifest.read(out / "train").fields == ["prefix", "block", "cond"]
+    assert summary["train"]["bytes_per_sample"] > 0
+    verifier = Verifier.load(VerifierConfig(path=str(verifier_dir)))
+    tok = load_tokenizer(str(verifier_dir))
+    docs = [tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"] for line in corpus.open()]
+    checked_online = 0
+    for s in all_samples(out / "train")[:40]:
+        d, k = map(int, s["key"].split("_"))
+        full = torch.tensor([[tok.eos_token_id] + docs[d] + [tok.eos_token_id]])
+        start = 1 + k * BLOCK
+        expected = verifier.hidden_states(full)[0, start - 1]
+        torch.testing.assert_close(s["cond"], expected, rtol=1e-4, atol=1e-4)
+        if start <= PREFIX:  # the stored prefix is the whole history: online C must agree
+            online = verifier.conditioning(s["prefix"][None], torch.tensor([len(s["prefix"])]))[0]
+            torch.testing.assert_close(online, s["cond"], rtol=1e-4, atol=1e-4)
+            checked_online += 1
+    assert checked_online > 0
+
+
+def test_bad_inputs_give_clear_errors(workdir, tokenizer_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=f"shard directory '{empty}'.*empty.*manifest.json"):
+        ShardStream(empty, 4)
+    with pytest.raises(ConfigError, match="does not exist"):
+        ShardStream(tmp_path / "nope", 4)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: expected a string field 'text'"):
+        prepare_data(PrepareConfig(input=[str(bad)], out=str(tmp_path / "o"), tokenizer=str(tokenizer_dir)))
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        prepare_data(PrepareConfig(input=[str(bad)], out=str(workdir / "shards"), tokenizer=str(tokenizer_dir)))
+    assert (workdir / "shards" / "train" / MANIFEST).is_file()  # nothing written was lost

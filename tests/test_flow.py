@@ -1,0 +1,65 @@
+"""Rectified flow: path, target, timestep sampling and the Euler sampler against the oracle velocity."""
+
+import pytest
+import torch
+
+from clsd_ds.flow import (FlowConfig, euler_sample, interpolate, loss_by_t_bin, per_sample_loss, sample_t,
+                          velocity_target)
+
+
+def _pair(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(3, 8, 16, generator=g), torch.randn(3, 8, 16, generator=g)
+
+
+def test_path_endpoints_and_target():
+    x0, x1 = _pair()
+    assert torch.equal(interpolate(x0, x1, torch.zeros(3)), x0)
+    assert torch.equal(interpolate(x0, x1, torch.ones(3)), x1)
+    t = torch.tensor([0.25, 0.5, 0.9])
+    # d/dt of the path is the target velocity
+    eps = 1e-3
+    fd = (interpolate(x0, x1, t + eps) - interpolate(x0, x1, t - eps)) / (2 * eps)
+    torch.testing.assert_close(fd, velocity_target(x0, x1), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 8])
+def test_euler_with_oracle_velocity_reaches_the_data(steps):
+    x0, x1 = _pair()
+    seen = []
+
+    def oracle(x, t):  # the straight-line velocity from the current point: (x1 - x_t) / (1 - t)
+        seen.append(t[0].item())
+        return (x1 - x) / (1 - t).view(-1, 1, 1)
+
+    out = euler_sample(oracle, x0, steps)
+    torch.testing.assert_close(out, x1, rtol=1e-5, atol=1e-5)
+    assert seen == pytest.approx([i / steps for i in range(steps)])
+    assert per_sample_loss(oracle(interpolate(x0, x1, torch.full((3,), 0.3)), torch.full((3,), 0.3)),
+                           velocity_target(x0, x1)).max() < 1e-10
+
+
+def test_wrong_velocity_misses_and_has_positive_loss():
+    x0, x1 = _pair()
+    out = euler_sample(lambda x, t: 0.5 * (x1 - x0), x0, 2)
+    assert not torch.allclose(out, x1)
+    assert (per_sample_loss(0.5 * (x1 - x0), velocity_target(x0, x1)) > 0).all()
+
+
+@pytest.mark.parametrize("kind", ["uniform", "logit_normal"])
+def test_timestep_sampling(kind):
+    cfg = FlowConfig(t_sampling=kind)
+    t = sample_t(cfg, 20000, torch.Generator().manual_seed(0))
+    assert t.shape == (20000,) and t.min() >= 0 and t.max() < 1
+    assert abs(t.mean().item() - 0.5) < 0.01
+    if kind == "logit_normal":  # concentrated in the middle: fewer samples near the ends than uniform
+        assert ((t < 0.1) | (t > 0.9)).float().mean() < 0.15
+    else:
+        assert abs(((t < 0.1) | (t > 0.9)).float().mean().item() - 0.2) < 0.02
+
+
+def test_loss_by_t_bin():
+    losses = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    sums, counts = loss_by_t_bin(losses, torch.tensor([0.05, 0.3, 0.35, 0.99]), bins=4)
+    assert sums.tolist() == [1.0, 5.0, 0.0, 4.0]
+    assert counts.tolist() == [1.0, 2.0, 0.0, 1.0]
