@@ -72,9 +72,14 @@ class Verifier:
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"verifier.random_init: not a valid Qwen3_5TextConfig: {exc}") from None
             text_cfg._attn_implementation = cfg.attn_implementation
+            default = torch.get_default_dtype()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                lm = Qwen3_5ForCausalLM(text_cfg).to(dtype)
+                torch.set_default_dtype(dtype)  # build in the target dtype: a 9B-shaped model is 18 GB in bf16
+                try:
+                    lm = Qwen3_5ForCausalLM(text_cfg)
+                finally:
+                    torch.set_default_dtype(default)
         return cls(lm)
 
     @property

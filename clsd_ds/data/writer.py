@@ -34,6 +34,7 @@ class PrepareConfig:
     out: str = ""
     tokenizer: str | None = None  # default: verifier.path
     text_field: str = "text"
+    text_template: str | None = None  # e.g. "{problem}\n\n{solution}": fields of a .jsonl record, formatted
     block_len: int = 128
     prefix_len: int = 512
     val_fraction: float = 0.01  # documents routed to out/val (by a hash of their index)
@@ -65,8 +66,8 @@ class PrepareConfig:
             raise ConfigError("field 'cond': precomputing C needs 'verifier.path' (a checkpoint directory)")
 
 
-def iter_documents(patterns: list[str], text_field: str) -> Iterator[str]:
-    """Texts from .jsonl files (field ``text_field`` of each line) or whole text files (one document each)."""
+def iter_documents(patterns: list[str], text_field: str, template: str | None = None) -> Iterator[str]:
+    """Texts from .jsonl files (``text_field``, or ``template`` filled from the record) or whole text files."""
     files: list[str] = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
@@ -83,8 +84,15 @@ def iter_documents(patterns: list[str], text_field: str) -> Iterator[str]:
                         record = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise ConfigError(f"{name}:{lineno}: not valid JSON: {exc}") from None
+                    keys = list(record) if isinstance(record, dict) else type(record).__name__
+                    if template is not None:
+                        try:
+                            yield template.format(**record)
+                        except (KeyError, TypeError) as exc:
+                            raise ConfigError(f"{name}:{lineno}: text_template needs field {exc}, the record has "
+                                              f"{keys}") from None
+                        continue
                     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                        keys = list(record) if isinstance(record, dict) else type(record).__name__
                         raise ConfigError(f"{name}:{lineno}: expected a string field '{text_field}' "
                                           f"(text_field), found {keys}")
                     yield record[text_field]
@@ -259,7 +267,7 @@ def prepare_data(cfg: PrepareConfig, log=print) -> dict:
                 pending_tokens = 0
         batch_texts.clear()
 
-    for n, text in enumerate(iter_documents(cfg.input, cfg.text_field)):
+    for n, text in enumerate(iter_documents(cfg.input, cfg.text_field, cfg.text_template)):
         if cfg.max_docs is not None and n >= cfg.max_docs:
             break
         batch_texts.append(text)

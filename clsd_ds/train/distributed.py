@@ -78,7 +78,8 @@ def init_distributed() -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if accel.device_name() == "cpu":
         device = torch.device("cpu")
-    else:
-        accel.set_device(local_rank)
-        device = torch.device(accel.device_name(local_rank))
+    else:  # with one GPU visible per task (srun --gpus-per-task=1) the local rank is not the device index
+        index = local_rank % max(1, accel.device_count())
+        accel.set_device(index)
+        device = torch.device(accel.device_name(index))
     return DistInfo(rank, world, local_rank, device)

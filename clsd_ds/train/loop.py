@@ -61,7 +61,7 @@ class TrainConfig:
     micro_batch_size: int | None = None  # per rank and forward; default batch_size / world size
     ds_config: str = "ds_configs/zero3_bf16.json"
     log_every: int = 10
-    save_every: int = 1000
+    save_every: int = 1000  # also saved after the last step; 0: no checkpoints at all (benchmarks)
     keep_last: int = 3
     eval_every: int = 0  # 0: evaluate only before the first and after the last step (needs data.val)
     eval_batches: int = 8
@@ -69,7 +69,9 @@ class TrainConfig:
     peak_tflops: float | None = None  # per device, for MFU; default from the device name
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "save_every", "keep_last", "eval_batches"):
+        if self.save_every < 0:
+            raise ConfigError(f"field 'train.save_every': expected >= 0, got {self.save_every}")
+        for name in ("steps", "batch_size", "log_every", "keep_last", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"field 'train.{name}': expected a positive integer, got {getattr(self, name)}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
@@ -274,12 +276,14 @@ class Trainer:
                              skipped_shards=_sum_over_ranks(loader.skipped_shards, d.device))
                 if peak:
                     stats["mfu"] = fpt * tok_s / (peak * 1e12 * world)
+                if d.device.type == "cuda":
+                    stats["mem_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
                 log.log(step, stats)
                 summary["last"] = stats
                 t_last, steps_window = time.time(), 0
             if val and self.cfg.eval_every and step % self.cfg.eval_every == 0 and step < self.cfg.steps:
                 log.log(step, self._evaluate(engine, val), kind="eval")
-            if step % self.cfg.save_every == 0 or step == self.cfg.steps:
+            if self.cfg.save_every and (step % self.cfg.save_every == 0 or step == self.cfg.steps):
                 states = [None] * world
                 dist.all_gather_object(states, loader.state_dict())
                 client = {"step": step, "samples": samples, "world_size": world, "data": states, "seed": self.seed}

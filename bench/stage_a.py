@@ -1,0 +1,92 @@
+"""Stage A step time through the project's own trainer (DeepSpeed engine, optimizer step included).
+
+    python bench/stage_a.py --shape tiny                              # CPU smoke: the tests' tiny verifier
+    python bench/stage_a.py --shape 9b --ds-config ds_configs/single_gpu_bf16.json --batch 32   # one GPU
+
+The 9b shape is Qwen3.5-9B's text config with random weights (speed does not depend on them); shards are
+synthetic with C precomputed, so only the verifier's embedding matrix sits on the device, as in a real run.
+Writes a JSON with the median step time over the logged windows after the first, tokens/s, MFU and memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.synthetic_shards import write_synthetic_shards  # noqa: E402
+from clsd_ds.data.reader import DataConfig  # noqa: E402
+from clsd_ds.dit import DiTConfig  # noqa: E402
+from clsd_ds.train.loop import LogConfig, OptimConfig, TrainConfig  # noqa: E402
+from clsd_ds.train.run import RunConfig, run  # noqa: E402
+from clsd_ds.verifier import VerifierConfig  # noqa: E402
+
+TINY = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 8,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16}
+SHAPES = {  # verifier architecture, DiT layers, block length, prefix length
+    "tiny": (TINY, 4, 16, 32),
+    "9b": ({}, 12, 128, 512),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    p.add_argument("--ds-config", default="ds_configs/cpu_zero3.json")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--micro", type=int, default=None)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--log-every", type=int, default=5)
+    p.add_argument("--no-checkpointing", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    arch, layers, block_len, prefix_len = SHAPES[args.shape]
+    vocab = arch.get("vocab_size", 248320)
+    hidden = arch.get("hidden_size", 4096)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        write_synthetic_shards(Path(tmp) / "shards", (args.steps + 2) * args.batch, vocab, block_len, prefix_len,
+                               hidden)
+        shards_s = time.time() - t0
+        cfg = RunConfig(
+            run_dir=str(Path(tmp) / "run"), verifier=VerifierConfig(random_init=arch),
+            dit=DiTConfig(num_layers=layers, block_len=block_len, checkpointing=not args.no_checkpointing),
+            data=DataConfig(train=str(Path(tmp) / "shards"), num_workers=2),
+            optim=OptimConfig(warmup_steps=args.steps),
+            train=TrainConfig(steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro,
+                              ds_config=args.ds_config, log_every=args.log_every, save_every=0, export=False),
+            log=LogConfig(progress=False))
+        summary = run(cfg)
+        records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").open()]
+    if summary is None:  # not rank 0
+        return
+    windows = [r for r in records if r["kind"] == "train"][1:] or [r for r in records if r["kind"] == "train"]
+    step_s = statistics.median(r["step_s"] for r in windows)
+    result = {
+        "shape": args.shape, "ds_config": args.ds_config, "batch": args.batch, "micro": args.micro,
+        "block_len": block_len, "checkpointing": not args.no_checkpointing, "steps": args.steps,
+        "step_s_median": round(step_s, 4), "block_tok_s": round(args.batch * block_len / step_s, 1),
+        "mfu": windows[-1].get("mfu"), "mem_gib": windows[-1].get("mem_gib"),
+        "loss_first": records[[r["kind"] for r in records].index("train")]["loss"], "loss_last": windows[-1]["loss"],
+        "synthetic_shards_s": round(shards_s, 1),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "torch": torch.__version__, "host": platform.node(), "date": time.strftime("%Y-%m-%d"),
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
