@@ -23,12 +23,12 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/shard_bytes.json")
     args = p.parse_args()
     rows = []
-    for prefix_len in (0, 512):
+    for prefix_len in (1, 512):
         for cond in (False, True):
             for compress in (False, True):
                 with tempfile.TemporaryDirectory() as tmp:
                     m = write_synthetic_shards(Path(tmp), args.samples, vocab=248320, block_len=128,
-                                               prefix_len=max(1, prefix_len), hidden=4096 if cond else None,
+                                               prefix_len=prefix_len, hidden=4096 if cond else None,
                                                compress=compress)
                     rows.append({"prefix_len": prefix_len, "cond": cond, "compress": compress,
                                  "bytes_per_sample": round(m.bytes_per_sample, 1)})

@@ -174,7 +174,7 @@ class CausalDiT(nn.Module):
         h = x_t.to(self.pos_emb.dtype) * self.cfg.embed_scale + self.pos_emb[:, :K]
         c = self.conditioning(t, cond)
         position_ids = torch.arange(K, device=h.device)[None].expand(B, K)
-        position_embeddings = self.rotary(h, position_ids)
+        position_embeddings = self.rotary(h, position_ids[None].expand(3, B, K))  # Qwen3.5's rotary: (3, B, T)
         mask = create_causal_mask(config=self.text_config, inputs_embeds=h, attention_mask=None,
                                   past_key_values=None, position_ids=position_ids)
         for block in self.blocks:

@@ -61,7 +61,9 @@ class Verifier:
         self.lm = lm.eval().requires_grad_(False)
 
     @classmethod
-    def load(cls, cfg: VerifierConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> "Verifier":
+    def load(cls, cfg: VerifierConfig, dtype: torch.dtype = torch.float32, seed: int = 0,
+             device: torch.device | str = "cpu") -> "Verifier":
+        """From ``cfg.path`` (loaded on the CPU), or random-init built directly on ``device`` (fast at 9B scale)."""
         dtype = resolve_dtype(cfg.dtype, dtype)
         if cfg.path is not None:
             path = _check_checkpoint_dir(cfg.path)
@@ -73,11 +75,13 @@ class Verifier:
                 raise ConfigError(f"verifier.random_init: not a valid Qwen3_5TextConfig: {exc}") from None
             text_cfg._attn_implementation = cfg.attn_implementation
             default = torch.get_default_dtype()
-            with torch.random.fork_rng(devices=[]):
+            device = torch.device(device)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 torch.set_default_dtype(dtype)  # build in the target dtype: a 9B-shaped model is 18 GB in bf16
                 try:
-                    lm = Qwen3_5ForCausalLM(text_cfg)
+                    with device:
+                        lm = Qwen3_5ForCausalLM(text_cfg)
                 finally:
                     torch.set_default_dtype(default)
         return cls(lm)

@@ -186,6 +186,18 @@ def test_precomputed_cond_is_the_verifier_state_before_each_block(workdir, verif
     assert checked_online > 0
 
 
+def test_text_template_joins_fields(tokenizer_dir, tmp_path):
+    src = tmp_path / "qa.jsonl"
+    src.write_text(json.dumps({"problem": "Compute 2 + 3.", "solution": "2 + 3 = 5."}) + "\n")
+    prepare_data(PrepareConfig(input=[str(src)], out=str(tmp_path / "o"), tokenizer=str(tokenizer_dir),
+                               text_template="{problem}\n{solution}", block_len=64, val_fraction=0.0),
+                 log=lambda *_: None)
+    tok = load_tokenizer(str(tokenizer_dir))
+    (sample,) = all_samples(tmp_path / "o" / "train")
+    text = tok.decode([t for t in sample["block"].tolist() if t != tok.eos_token_id])
+    assert text == "Compute 2 + 3.\n2 + 3 = 5."
+
+
 def test_bad_inputs_give_clear_errors(workdir, tokenizer_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -197,6 +209,10 @@ def test_bad_inputs_give_clear_errors(workdir, tokenizer_dir, tmp_path):
     bad.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
     with pytest.raises(ConfigError, match=r"bad.jsonl:2: expected a string field 'text'"):
         prepare_data(PrepareConfig(input=[str(bad)], out=str(tmp_path / "o"), tokenizer=str(tokenizer_dir)))
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))  # a failed run leaves nothing behind
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1: text_template needs field 'problem'"):
+        prepare_data(PrepareConfig(input=[str(bad)], out=str(tmp_path / "o"), tokenizer=str(tokenizer_dir),
+                                   text_template="{problem}\n{solution}"))
     with pytest.raises(ConfigError, match="already exists and is not empty"):
         prepare_data(PrepareConfig(input=[str(bad)], out=str(workdir / "shards"), tokenizer=str(tokenizer_dir)))
     assert (workdir / "shards" / "train" / MANIFEST).is_file()  # nothing written was lost

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,7 +25,7 @@ from safetensors import safe_open
 from ..config import ConfigError
 from ..verifier import Verifier, VerifierConfig, document_start_id, load_tokenizer
 from .format import Manifest, encode_array, token_dtype
-from .writer import ShardSink
+from .writer import ShardSink, fresh_output
 
 
 @dataclass
@@ -111,13 +110,17 @@ def _chunks(path: str, key: str | None, hidden: int) -> torch.Tensor:
 
 
 def import_seed(cfg: ImportConfig, log=print) -> dict:
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise ConfigError(f"out: '{out}' already exists and is not empty; choose a new directory or pass "
-                              f"overwrite=true to replace it")
-        shutil.rmtree(out)
+    """Convert ``cfg.input`` into one shard directory ``cfg.out`` (written whole, or not at all)."""
     files = _files(cfg.input)
+    with fresh_output(Path(cfg.out), cfg.overwrite) as work:
+        stats = _convert(cfg, files, work)
+    stats["out"] = cfg.out
+    log(f"import-seed: {stats['written']}/{stats['chunks']} chunks written to {cfg.out} "
+        f"({stats['unrecovered']} with unmatched rows, listed in unrecovered.jsonl)")
+    return stats
+
+
+def _convert(cfg: ImportConfig, files: list[str], out: Path) -> dict:
     verifier = Verifier.load(cfg.verifier, dtype=torch.bfloat16)
     tokenizer = load_tokenizer(cfg.verifier.path)
     start = np.asarray([document_start_id(tokenizer)], dtype=token_dtype(verifier.config.vocab_size))
@@ -157,14 +160,13 @@ def import_seed(cfg: ImportConfig, log=print) -> dict:
                 stats["written"] += 1
     shards = sink.close()
     if not shards:
-        raise ConfigError(f"import-seed: no chunk could be written (see {out / 'unrecovered.jsonl'})")
+        raise ConfigError(f"import-seed: no chunk of {files} could be written: every chunk has rows that are not "
+                          f"rows of the verifier's embedding matrix (wrong verifier?); try mode=embeddings")
     fields = ["prefix", "emb"] if cfg.mode == "embeddings" else ["prefix", "block"]
     manifest = Manifest(block_len=block_len, prefix_len=1, fields=fields, vocab_size=verifier.config.vocab_size,
                         hidden_size=hidden if cfg.mode == "embeddings" else None,
                         tokenizer=str(Path(cfg.verifier.path).resolve()), shards=shards)
     manifest.write(out)
     stats.update(ambiguous_ids=sum(m.ambiguous_ids for m in matchers.values()), shards=len(shards),
-                 bytes_per_sample=round(manifest.bytes_per_sample, 1), out=str(out))
-    log(f"import-seed: {stats['written']}/{stats['chunks']} chunks written to {out} "
-        f"({stats['unrecovered']} with unmatched rows, listed in unrecovered.jsonl)")
+                 bytes_per_sample=round(manifest.bytes_per_sample, 1))
     return stats

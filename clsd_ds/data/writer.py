@@ -15,6 +15,7 @@ import json
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
@@ -185,14 +186,40 @@ def _auto_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_data(cfg: PrepareConfig, log=print) -> dict:
-    """Tokenize ``cfg.input`` into ``cfg.out/{train,val}`` shard directories; returns a summary dict."""
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise ConfigError(f"out: '{out}' already exists and is not empty; choose a new directory or pass "
-                              f"overwrite=true to replace it")
+@contextmanager
+def fresh_output(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden sibling directory to write into; it replaces ``out`` only if the body succeeds."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"out: '{out}' already exists and is not empty; choose a new directory or pass "
+                          f"overwrite=true to replace it")
+    work = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
         shutil.rmtree(out)
+    work.rename(out)
+
+
+def prepare_data(cfg: PrepareConfig, log=print) -> dict:
+    """Tokenize ``cfg.input`` into ``cfg.out/{train,val}`` shard directories; returns a summary dict.
+
+    Nothing appears at ``cfg.out`` unless the whole run succeeds (an existing ``out`` is replaced only then)."""
+    with fresh_output(Path(cfg.out), cfg.overwrite) as work:
+        summary = _write_shards(cfg, work)
+    summary["out"] = cfg.out
+    log(f"prepare-data: {summary['documents']} documents, {summary['tokens']} tokens -> " + ", ".join(
+        f"{s}: {summary[s]['samples']} samples in {summary[s]['shards']} shards, "
+        f"{summary[s]['bytes_per_sample']} bytes/sample" for s in ("train", "val") if s in summary)
+        + f" ({summary['seconds']} s)")
+    return summary
+
+
+def _write_shards(cfg: PrepareConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.verifier.path)
     start_id, eos_id = document_start_id(tokenizer), tokenizer.eos_token_id
     if eos_id is None:
@@ -276,8 +303,9 @@ def prepare_data(cfg: PrepareConfig, log=print) -> dict:
     tokenize_batch()
     flush_pending()
 
-    summary = {"out": str(out), "documents": stats["documents"], "tokens": stats["tokens"],
-               "seconds": round(time.time() - t0, 2)}
+    if stats["documents"] == 0:
+        raise ConfigError(f"input: no documents found in {cfg.input}")
+    summary = {"documents": stats["documents"], "tokens": stats["tokens"], "seconds": round(time.time() - t0, 2)}
     for split in ("train", "val"):
         buffers[split].flush()
         shards = sinks[split].close()
@@ -290,10 +318,4 @@ def prepare_data(cfg: PrepareConfig, log=print) -> dict:
         manifest.write(out / split)
         summary[split] = {"samples": manifest.samples, "shards": len(shards), "bytes": manifest.bytes,
                           "bytes_per_sample": round(manifest.bytes_per_sample, 1)}
-    if stats["documents"] == 0:
-        raise ConfigError(f"input: no documents found in {cfg.input}")
-    log(f"prepare-data: {summary['documents']} documents, {summary['tokens']} tokens -> " + ", ".join(
-        f"{s}: {summary[s]['samples']} samples in {summary[s]['shards']} shards, "
-        f"{summary[s]['bytes_per_sample']} bytes/sample" for s in ("train", "val") if s in summary)
-        + f" ({summary['seconds']} s)")
     return summary

@@ -41,10 +41,10 @@ class RunConfig:
             raise ConfigError("stage 'lm' pretrains a new verifier: set 'verifier.random_init' (its architecture)")
 
 
-def build_task(cfg: RunConfig, dtype):
+def build_task(cfg: RunConfig, dtype, device):
     """The stage's task; every rank builds the same initial weights (the new layers are seeded)."""
     torch.manual_seed(cfg.seed)
-    verifier = Verifier.load(cfg.verifier, dtype=dtype, seed=cfg.seed)
+    verifier = Verifier.load(cfg.verifier, dtype=dtype, seed=cfg.seed, device=device)
     if cfg.stage == "lm":
         return LMTask(verifier.lm)
     return StageATask(graft(verifier, cfg.dit), verifier, cfg.flow)
@@ -54,6 +54,6 @@ def run(cfg: RunConfig) -> dict:
     """Train ``cfg`` to ``train.steps`` (resuming from ``run_dir`` if it holds checkpoints); rank 0 gets a summary."""
     dist_info = init_distributed()
     dtype = compute_dtype(read_ds_config(cfg.train.ds_config))
-    task = build_task(cfg, dtype)
+    task = build_task(cfg, dtype, dist_info.device)
     trainer = Trainer(task, cfg.run_dir, cfg.seed, cfg.data, cfg.optim, cfg.train, cfg.log, dist_info, to_dict(cfg))
     return trainer.run()

@@ -55,9 +55,7 @@ class StageATask:
 
     def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None:
         self.online_cond = "cond" not in manifest.fields
-        lm = self.verifier.lm.to(dtype)
-        if self.online_cond:
-            lm.to(dist_info.device)
+        lm = self.verifier.lm.to(dtype).to(dist_info.device if self.online_cond else "cpu")
         self.embedding = lm.get_input_embeddings().to(dist_info.device)
 
     def targets(self, batch: dict) -> torch.Tensor:
