@@ -198,7 +198,7 @@ def test_text_template_joins_fields(tokenizer_dir, tmp_path):
     assert text == "Compute 2 + 3.\n2 + 3 = 5."
 
 
-def test_bad_inputs_give_clear_errors(workdir, tokenizer_dir, tmp_path):
+def test_bad_inputs_give_clear_errors(shards, tokenizer_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match=f"shard directory '{empty}'.*empty.*manifest.json"):
@@ -214,5 +214,5 @@ def test_bad_inputs_give_clear_errors(workdir, tokenizer_dir, tmp_path):
         prepare_data(PrepareConfig(input=[str(bad)], out=str(tmp_path / "o"), tokenizer=str(tokenizer_dir),
                                    text_template="{problem}\n{solution}"))
     with pytest.raises(ConfigError, match="already exists and is not empty"):
-        prepare_data(PrepareConfig(input=[str(bad)], out=str(workdir / "shards"), tokenizer=str(tokenizer_dir)))
-    assert (workdir / "shards" / "train" / MANIFEST).is_file()  # nothing written was lost
+        prepare_data(PrepareConfig(input=[str(bad)], out=str(shards), tokenizer=str(tokenizer_dir)))
+    assert (shards / "train" / MANIFEST).is_file()  # nothing written was lost
