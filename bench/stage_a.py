@@ -1,6 +1,6 @@
 """Stage A step time through the project's own trainer (DeepSpeed engine, optimizer step included).
 
-    python bench/stage_a.py --shape tiny                              # CPU smoke: the tests' tiny verifier
+    python bench/stage_a.py --shape tiny                              # CPU: the quickstart's tiny verifier
     python bench/stage_a.py --shape 9b --ds-config ds_configs/single_gpu_bf16.json --batch 32   # one GPU
 
 The 9b shape is Qwen3.5-9B's text config with random weights (speed does not depend on them); shards are
@@ -26,15 +26,13 @@ import torch  # noqa: E402
 from bench.synthetic_shards import write_synthetic_shards  # noqa: E402
 from clsd_ds.data.reader import DataConfig  # noqa: E402
 from clsd_ds.dit import DiTConfig  # noqa: E402
+from clsd_ds.quickstart import TINY_VERIFIER  # noqa: E402
 from clsd_ds.train.loop import LogConfig, OptimConfig, TrainConfig  # noqa: E402
 from clsd_ds.train.run import RunConfig, run  # noqa: E402
 from clsd_ds.verifier import VerifierConfig  # noqa: E402
 
-TINY = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 8,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "linear_num_key_heads": 2,
-        "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16}
 SHAPES = {  # verifier architecture, DiT layers, block length, prefix length
-    "tiny": (TINY, 4, 16, 32),
+    "tiny": ({**TINY_VERIFIER, "vocab_size": 512}, 4, 32, 96),  # the quickstart's shapes
     "9b": ({}, 12, 128, 512),
 }
 

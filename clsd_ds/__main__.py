@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from .config import ConfigError, load_config
 
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", help="YAML or JSON config file")
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    sub.choices["train"].add_argument("--stage", choices=["a", "lm"], help="same as the override stage=...")
     q = sub.add_parser("quickstart", help="run the embedded default end to end on the CPU")
     q.add_argument("--config", help="YAML or JSON file overriding the quickstart's settings")
     q.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -37,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # DeepSpeed 0.19 calls torch.distributed APIs that torch 2.13 deprecates, once per collective.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     try:
         if args.command == "prepare-data":
             from .data.writer import PrepareConfig, prepare_data
@@ -49,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             from .train.run import RunConfig, run
 
-            summary = run(load_config(RunConfig, args.config, args.overrides))
+            overrides = args.overrides + ([f"stage={args.stage}"] if args.stage else [])
+            summary = run(load_config(RunConfig, args.config, overrides))
             if summary is not None:
                 print(json.dumps(summary, indent=1), flush=True)
         elif args.command == "quickstart":

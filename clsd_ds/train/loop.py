@@ -165,9 +165,8 @@ class Trainer:
 
     def __init__(self, task: Task, run_dir: str, seed: int, data_cfg, optim: OptimConfig, train: TrainConfig,
                  log_cfg: LogConfig, dist_info: DistInfo, config_dict: dict):
-        self.task, self.seed, self.data_cfg, self.optim, self.cfg, self.log_cfg = task, seed, data_cfg, optim, \
-            train, log_cfg
-        self.dist = dist_info
+        self.task, self.seed, self.dist = task, seed, dist_info
+        self.data_cfg, self.optim, self.cfg, self.log_cfg = data_cfg, optim, train, log_cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config_dict = config_dict

@@ -1,0 +1,57 @@
+"""The Stage A objective on its own (no DeepSpeed): inputs from every kind of shard give the same loss."""
+
+import torch
+from conftest import BLOCK, tiny_verifier
+
+from clsd_ds.data.format import Manifest
+from clsd_ds.dit import DiTConfig
+from clsd_ds.flow import FlowConfig
+from clsd_ds.graft import graft
+from clsd_ds.train.distributed import DistInfo
+from clsd_ds.train.stage_a import StageATask
+
+
+def _task(fields):
+    verifier = tiny_verifier()
+    torch.manual_seed(0)
+    task = StageATask(graft(verifier, DiTConfig(num_layers=4, block_len=BLOCK)), verifier, FlowConfig())
+    manifest = Manifest(block_len=BLOCK, prefix_len=8, fields=fields, vocab_size=320, hidden_size=64)
+    task.setup(DistInfo(0, 1, 0, torch.device("cpu")), torch.float32, manifest)
+    with torch.no_grad():  # a DiT that does not output zeros, so the comparison means something
+        task.module.final.linear.weight.normal_(0, 0.02)
+    return task
+
+
+def _batch(with_cond: bool, with_emb: bool, verifier):
+    g = torch.Generator().manual_seed(1)
+    prefix = torch.randint(0, 320, (3, 8), generator=g)
+    lengths = torch.tensor([8, 5, 1])
+    block = torch.randint(0, 320, (3, BLOCK), generator=g)
+    batch = {"prefix": prefix, "prefix_len": lengths}
+    if with_emb:
+        batch["emb"] = verifier.embed(block).detach()
+    else:
+        batch["block"] = block
+    if with_cond:
+        batch["cond"] = verifier.conditioning(prefix, lengths)
+    return batch
+
+
+def test_token_embedding_and_cond_shards_give_the_same_loss():
+    task = _task(["prefix", "block"])
+    assert task.online_cond
+    losses = []
+    for with_cond, with_emb in [(False, False), (True, False), (True, True), (False, True)]:
+        batch = _batch(with_cond, with_emb, task.verifier)
+        loss, metrics = task.loss(task.module, batch, torch.Generator().manual_seed(7))
+        losses.append(loss.item())
+        assert metrics["loss"][1] == 3 and sum(metrics[f"loss_t{i}"][1] for i in range(4)) == 3
+    assert losses[0] > 0 and all(abs(x - losses[0]) < 1e-6 for x in losses), losses
+
+
+def test_gradients_reach_only_the_dit():
+    task = _task(["prefix", "block"])
+    loss, _ = task.loss(task.module, _batch(False, False, task.verifier), torch.Generator().manual_seed(7))
+    loss.backward()
+    assert all(p.grad is None for p in task.verifier.lm.parameters())
+    assert task.module.final.linear.weight.grad.abs().sum() > 0
