@@ -257,11 +257,13 @@ class Trainer:
                 batch = to_device(next(loader), d.device)
                 gen = step_generator(self.seed, step, d.rank, m, d.device)
                 loss, metrics = self.task.loss(engine, batch, gen)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1} (rank {d.rank})")
                 engine.backward(loss)
                 engine.step()
                 acc.add(metrics)
+            grad_norm = engine.get_global_grad_norm()  # the same on every rank, so all stop together
+            if grad_norm is not None and not math.isfinite(_float(grad_norm)):
+                raise FloatingPointError(f"non-finite gradient norm at step {step + 1}; the last checkpoint in "
+                                         f"{self.ckpt_dir} is from before it")
             step += 1
             steps_window += 1
             samples += self.cfg.batch_size
@@ -271,7 +273,7 @@ class Trainer:
                 stats = acc.reduce(d.device)
                 tok_s = tokens_per_step * steps_window / elapsed
                 stats.update(tok_s=tok_s, step_s=elapsed / steps_window, lr=lr_scheduler.get_last_lr()[0],
-                             grad_norm=_float(engine.get_global_grad_norm()), samples=samples,
+                             grad_norm=_float(grad_norm), samples=samples,
                              skipped_shards=_sum_over_ranks(loader.skipped_shards, d.device))
                 if peak:
                     stats["mfu"] = fpt * tok_s / (peak * 1e12 * world)
