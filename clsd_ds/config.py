@@ -151,7 +151,8 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file '{path}' is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise ConfigError(f"config file '{path}' is not valid {kind}: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -168,7 +169,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override '{item}': value is not valid YAML: {exc}")
+            raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:

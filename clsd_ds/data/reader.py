@@ -145,7 +145,7 @@ class ShardStream(IterableDataset):
         logical = ((info.id if info else 0) + self.first_worker) % self.workers
         self.skipped = 0
         batch, position = [], self.positions[logical]
-        for sample, position in self._samples(self.rank * self.workers + logical, position):
+        for sample, position in self._samples(self.rank * self.workers + logical, self.positions[logical]):
             batch.append(sample)
             if len(batch) == self.batch_size:
                 yield self._finish(batch, logical, position)
@@ -173,10 +173,6 @@ class ShardLoader:
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers,
                                  pin_memory=pin_memory, prefetch_factor=4 if cfg.num_workers else None)
         self._it = iter(self.loader)
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.dataset.manifest
 
     def __iter__(self):
         return self

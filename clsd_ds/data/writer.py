@@ -248,7 +248,7 @@ def _write_shards(cfg: PrepareConfig, out: Path) -> dict:
 
     def emit(doc_index: int, doc: list[int], conds: torch.Tensor | None) -> None:
         split = "val" if random.Random(f"{cfg.seed}:{doc_index}").random() < cfg.val_fraction else "train"
-        for k, (s, prefix, block) in enumerate(document_blocks(doc, cfg.block_len, cfg.prefix_len, eos_id)):
+        for k, (_, prefix, block) in enumerate(document_blocks(doc, cfg.block_len, cfg.prefix_len, eos_id)):
             sample = {"__key__": f"{doc_index:010d}_{k:05d}"}
             arrays = {"prefix": np.asarray(prefix, dtype=tok_dtype), "block": np.asarray(block, dtype=tok_dtype)}
             if conds is not None:
