@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", help="YAML or JSON config file")
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    sub.choices["train"].add_argument("--stage", choices=["a", "lm"], help="same as the override stage=...")
+    sub.choices["train"].add_argument("--stage", choices=["a", "c", "lm"], help="same as the override stage=...")
+    sub.choices["train"].add_argument("--init-from", help="same as the override init_from=...")
     q = sub.add_parser("quickstart", help="run the embedded default end to end on the CPU")
     q.add_argument("--config", help="YAML or JSON file overriding the quickstart's settings")
     q.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             from .train.run import RunConfig, run
 
-            overrides = args.overrides + ([f"stage={args.stage}"] if args.stage else [])
+            overrides = args.overrides + ([f"stage={args.stage}"] if args.stage else []) + \
+                ([f"init_from={args.init_from}"] if args.init_from else [])
             summary = run(load_config(RunConfig, args.config, overrides))
             if summary is not None:
                 print(json.dumps(summary, indent=1), flush=True)

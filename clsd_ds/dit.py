@@ -33,7 +33,6 @@ from transformers import Qwen3_5TextConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.models.qwen3_5.modeling_qwen3_5 import (
     Qwen3_5DecoderLayer,
-    Qwen3_5GatedDeltaNet,
     Qwen3_5RMSNorm,
     Qwen3_5TextRotaryEmbedding,
 )
@@ -105,7 +104,7 @@ class DiTBlock(nn.Module):
             gate1, gate2 = 1 + gate1, 1 + gate2
         layer = self.layer
         x = modulate(layer.input_layernorm(h), shift1, scale1)
-        # Positional arguments: ZeRO-3's backward hooks only see a module's positional inputs (see CausalDiT).
+        # Positional arguments: ZeRO-3's hooks see only positional inputs (they release parameters after backward).
         if layer.block_type == "linear_attention":
             mixed = layer.linear_attn(x)
         else:
@@ -135,9 +134,6 @@ class FinalLayer(nn.Module):
 class CausalDiT(nn.Module):
     """v_theta(x_t, t, C): the velocity of a K-token block in the rescaled embedding space."""
 
-    # ZeRO-3 gathers a leaf's parameters as one unit, as the Gated DeltaNet needs (it reads conv1d.weight without
-    # calling conv1d). DeepSpeed's backward hooks only see positional inputs, so DiTBlock calls it positionally.
-    z3_leaf_classes = (Qwen3_5GatedDeltaNet,)
 
     def __init__(self, text_config: Qwen3_5TextConfig, cfg: DiTConfig, layers: list[nn.Module] | None = None,
                  final_norm: Qwen3_5RMSNorm | None = None):

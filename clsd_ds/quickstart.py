@@ -7,6 +7,7 @@ Stages (each skipped when its output is already in the run directory, so a rerun
     verifier    pretrain a tiny Qwen3.5 verifier on them (stage lm), exported as a HF checkpoint
     shards      prepare-data again, now with C precomputed by that verifier
     stage_a     Stage A of the DiT grafted from the verifier
+    stage_c     Stage C from the Stage A result: CE through the frozen verifier from its prefix state
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .dit import EXPORT_WEIGHTS, DiTConfig
 from .flow import FlowConfig
 from .train.loop import LogConfig, OptimConfig, TrainConfig
 from .train.run import RunConfig, run
+from .train.stage_c import StageCConfig
 from .verifier import VerifierConfig, load_tokenizer
 
 TINY_VERIFIER = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 8, "num_attention_heads": 4,
@@ -50,6 +52,9 @@ class QuickstartConfig:
     stage_a_steps: int = 200
     stage_a_batch: int = 32
     stage_a_lr: float = 1e-3
+    stage_c_steps: int = 60
+    stage_c_batch: int = 8
+    stage_c_lr: float = 3e-4
     num_workers: int = 1
     ds_config: str = "ds_configs/cpu_zero3.json"
     progress: bool = True
@@ -119,6 +124,14 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         train=TrainConfig(steps=cfg.stage_a_steps, batch_size=cfg.stage_a_batch, ds_config=cfg.ds_config,
                           log_every=25, save_every=cfg.stage_a_steps, keep_last=1, eval_batches=4), **common))
 
+    stage_c = root / "stage_c"
+    stage("stage_c", (stage_c / "export" / EXPORT_WEIGHTS).is_file(), lambda: _train(
+        cfg, stage_c, stage="c", init_from=str(stage_a), verifier=VerifierConfig(path=str(verifier_dir)),
+        stage_c=StageCConfig(beta_steps=cfg.stage_c_steps), flow=FlowConfig(),
+        optim=OptimConfig(lr=cfg.stage_c_lr, warmup_steps=cfg.stage_c_steps // 10),
+        train=TrainConfig(steps=cfg.stage_c_steps, batch_size=cfg.stage_c_batch, ds_config=cfg.ds_config,
+                          log_every=10, save_every=cfg.stage_c_steps, keep_last=1, eval_batches=4), **common))
+
     report["seconds"] = round(time.time() - t_all, 1)
     report["config"] = to_dict(cfg)
     (root / "quickstart.json").write_text(json.dumps(report, indent=1))
@@ -132,12 +145,17 @@ def summarize(report: dict) -> str:
         if name in report and "train" in report[name]:
             r = report[name]["train"]
             lines.append(f"  {name:9s} {r['samples']} train samples, {r['bytes_per_sample']} bytes/sample")
-    for name, what in (("verifier", "next-token CE"), ("stage_a", "velocity MSE")):
+    for name, what, key in (("verifier", "next-token CE", "loss"), ("stage_a", "velocity MSE", "loss"),
+                            ("stage_c", "CE of the verifier reading the drafts", "ce")):
         r = report.get(name)
         if not r or "eval_end" not in r:
             continue
         last = r.get("last", {})
-        lines.append(f"  {name:9s} held-out {what} {r['eval_start']['loss']:.4f} -> {r['eval_end']['loss']:.4f}"
+        lines.append(f"  {name:9s} held-out {what} {r['eval_start'][key]:.4f} -> {r['eval_end'][key]:.4f}"
                      f"; {last.get('tok_s', 0):.0f} tok/s, {last.get('step_s', 0):.3f} s/step"
                      f"; export: {r['export']}")
+        if name == "stage_c":
+            lines.append(f"            verifier's token accuracy on the drafts {r['eval_start']['verifier_acc']:.3f} -> "
+                         f"{r['eval_end']['verifier_acc']:.3f}; nearest-embedding accuracy of the drafts "
+                         f"{r['eval_start']['nearest_acc']:.3f} -> {r['eval_end']['nearest_acc']:.3f}")
     return "\n".join(lines)

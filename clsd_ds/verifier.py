@@ -32,7 +32,8 @@ class VerifierConfig:
                               "or 'verifier.random_init' (a tiny random-init config for tests)")
 
 
-def _check_checkpoint_dir(path: str) -> Path:
+def check_checkpoint_dir(path: str) -> Path:
+    """The checkpoint directory, or a ConfigError saying what is wrong with it (never downloads)."""
     p = Path(path)
     if not p.is_dir():
         hint = ""
@@ -66,7 +67,7 @@ class Verifier:
         """From ``cfg.path`` (loaded on the CPU), or random-init built directly on ``device`` (fast at 9B scale)."""
         dtype = resolve_dtype(cfg.dtype, dtype)
         if cfg.path is not None:
-            path = _check_checkpoint_dir(cfg.path)
+            path = check_checkpoint_dir(cfg.path)
             lm = Qwen3_5ForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
         else:
             try:
@@ -140,4 +141,5 @@ def document_start_id(tokenizer) -> int:
     return tid
 
 
-__all__ = ["VerifierConfig", "Verifier", "load_tokenizer", "document_start_id", "resolve_dtype"]
+__all__ = ["VerifierConfig", "Verifier", "check_checkpoint_dir", "load_tokenizer", "document_start_id",
+           "resolve_dtype"]

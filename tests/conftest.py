@@ -67,6 +67,17 @@ def shards(workdir, corpus, tokenizer_dir) -> Path:
     return workdir / "shards"
 
 
+@pytest.fixture(scope="session")
+def stage_a_run(shards, tmp_path_factory):
+    """A 12-step, 2-rank ZeRO-3 Stage A run under torchrun (wandb offline); Stage C tests start from it."""
+    from dsruns import write_config
+
+    tmp = tmp_path_factory.mktemp("stage_a_run")
+    cfg = write_config(tmp / "a.yaml", tmp / "run", shards, log__wandb=True)
+    proc = run_cli(["train", "--config", str(cfg)], nproc=2)
+    return tmp / "run", proc
+
+
 def run_cli(args: list[str], nproc: int = 1, launcher: str = "torchrun", env: dict | None = None,
             timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m clsd_ds ARGS`` under a launcher (torchrun / deepspeed / mpirun / none), from the repo."""

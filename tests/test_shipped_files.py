@@ -13,13 +13,15 @@ from clsd_ds.train.loop import OptimConfig, build_ds_config
 from clsd_ds.train.run import RunConfig
 
 
-@pytest.mark.parametrize("name", ["stage_a_9b.yaml", "prepare_numina.yaml"])
+@pytest.mark.parametrize("name", ["stage_a_9b.yaml", "stage_c_9b.yaml", "prepare_numina.yaml"])
 def test_configs_load(name):
     cls = PrepareConfig if name.startswith("prepare") else RunConfig
     cfg = load_config(cls, REPO / "configs" / name)
-    if cls is RunConfig:
+    if name == "stage_a_9b.yaml":
         assert cfg.dit.num_layers == 12 and cfg.dit.block_len == 128 and cfg.train.batch_size == 32
         assert cfg.optim.lr == 1e-4
+    if name == "stage_c_9b.yaml":
+        assert cfg.stage == "c" and cfg.init_from and cfg.stage_c.beta_start == 0.1
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "ds_configs").glob("*.json")), ids=lambda p: p.name)

@@ -43,7 +43,7 @@ def test_token_embedding_and_cond_shards_give_the_same_loss():
     losses = []
     for with_cond, with_emb in [(False, False), (True, False), (True, True), (False, True)]:
         batch = _batch(with_cond, with_emb, task.verifier)
-        loss, metrics = task.loss(task.module, batch, torch.Generator().manual_seed(7))
+        loss, metrics = task.loss(task.module, batch, torch.Generator().manual_seed(7), 0)
         losses.append(loss.item())
         assert metrics["loss"][1] == 3 and sum(metrics[f"loss_t{i}"][1] for i in range(4)) == 3
     assert losses[0] > 0 and all(abs(x - losses[0]) < 1e-6 for x in losses), losses
@@ -51,7 +51,7 @@ def test_token_embedding_and_cond_shards_give_the_same_loss():
 
 def test_gradients_reach_only_the_dit():
     task = _task(["prefix", "block"])
-    loss, _ = task.loss(task.module, _batch(False, False, task.verifier), torch.Generator().manual_seed(7))
+    loss, _ = task.loss(task.module, _batch(False, False, task.verifier), torch.Generator().manual_seed(7), 0)
     loss.backward()
     assert all(p.grad is None for p in task.verifier.lm.parameters())
     assert task.module.final.linear.weight.grad.abs().sum() > 0

@@ -6,61 +6,18 @@ resume must equal run A's, and so must its final weights.
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import pytest
 import torch
-import yaml
-from conftest import BLOCK, REPO, TINY, run_cli
+from conftest import run_cli
+from dsruns import kill_after_checkpoint, train_losses, write_config
 
 from clsd_ds.dit import load_dit
 
 STEPS, SAVE_EVERY = 12, 4
 
 
-def write_config(path: Path, run_dir: Path, shards: Path, **extra) -> Path:
-    cfg = {
-        "run_dir": str(run_dir), "stage": "a", "seed": 11,
-        "verifier": {"random_init": TINY},
-        "dit": {"num_layers": 4, "block_len": BLOCK, "checkpointing": True},
-        "data": {"train": str(shards / "train"), "val": str(shards / "val"), "num_workers": 2},
-        "optim": {"lr": 1e-2, "warmup_steps": 2},
-        "train": {"steps": STEPS, "batch_size": 8, "micro_batch_size": 2, "ds_config": "ds_configs/cpu_zero3.json",
-                  "log_every": 1, "save_every": SAVE_EVERY, "keep_last": 2, "eval_batches": 2},
-        "log": {"progress": False},
-    }
-    for key, value in extra.items():
-        section, field = key.split("__")
-        cfg[section][field] = value
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def train_losses(run_dir: Path) -> dict[int, float]:
-    """The last logged training loss of every step (a restarted run logs some steps twice)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").open():
-        rec = json.loads(line)
-        if rec["kind"] == "train":
-            out[rec["step"]] = rec["loss"]
-    return out
-
-
-@pytest.fixture(scope="module")
-def run_a(shards, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run_a")
-    cfg = write_config(tmp / "a.yaml", tmp / "run", shards, log__wandb=True)
-    proc = run_cli(["train", "--config", str(cfg)], nproc=2, env={"WANDB_DIR": str(tmp)})
-    return tmp / "run", proc
-
-
-def test_zero3_stage_a_trains_and_partitions(run_a):
-    run_dir, proc = run_a
+def test_zero3_stage_a_trains_and_partitions(stage_a_run):
+    run_dir, proc = stage_a_run
     losses = train_losses(run_dir)
     assert sorted(losses) == list(range(1, STEPS + 1))
     first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (10, 11, 12)) / 3
@@ -90,10 +47,10 @@ def test_zero3_stage_a_trains_and_partitions(run_a):
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb (offline) was not written"
 
 
-def test_export_reloads_into_the_trained_model(run_a):
+def test_export_reloads_into_the_trained_model(stage_a_run):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    run_dir, _ = run_a
+    run_dir, _ = stage_a_run
     dit = load_dit(run_dir / "export")
     master = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag=f"step{STEPS:08d}")
     exported = dit.state_dict()
@@ -103,34 +60,11 @@ def test_export_reloads_into_the_trained_model(run_a):
     assert any(v.abs().sum() > 0 for k, v in exported.items() if "adaLN" in k)  # trained, not the zero init
 
 
-def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 300) -> None:
-    latest = run_dir / "checkpoints" / "latest"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if latest.is_file() and latest.read_text() >= f"step{step:08d}":
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before its step-{step} checkpoint:\n{proc.stdout.read()[-4000:]}")
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the checkpoint")
-
-
-def test_kill_resume_on_other_launchers_matches_uninterrupted_run(run_a, shards, tmp_path):
-    run_dir_a, _ = run_a
+def test_kill_resume_on_other_launchers_matches_uninterrupted_run(stage_a_run, shards, tmp_path):
+    run_dir_a, _ = stage_a_run
     run_dir = tmp_path / "run"
     cfg = write_config(tmp_path / "b.yaml", run_dir, shards)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    bindir = Path(sys.executable).parent
-    proc = subprocess.Popen([str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", "29611", "--module",
-                             "clsd_ds", "train", "--config", str(cfg)], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_for_checkpoint(run_dir, proc, SAVE_EVERY)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    resumed_from = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step"))
+    resumed_from = kill_after_checkpoint(cfg, run_dir, SAVE_EVERY, launcher="deepspeed")
     assert resumed_from < STEPS
     resumed = run_cli(["train", "--config", str(cfg)], nproc=2, launcher="mpirun")
     assert f"resumed from {run_dir / 'checkpoints' / f'step{resumed_from:08d}'} at step {resumed_from}" \

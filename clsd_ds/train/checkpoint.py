@@ -43,7 +43,8 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict, keep_last: int, 
     """Save on all ranks, mark complete, move ``latest``, prune; returns the seconds it took."""
     t0 = time.time()
     tag = tag_for(step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False,
+                           exclude_frozen_parameters=True)  # a frozen verifier is reloaded from its own files
     dist.barrier()
     if is_main:
         (ckpt_dir / tag / COMPLETE).write_text(json.dumps({"step": step, "time": time.time()}))

@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import Qwen3_5ForCausalLM
-from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5DecoderLayer
 
 from ..config import ConfigError
 from ..data.format import Manifest
@@ -30,10 +29,6 @@ def place_block(prefix: torch.Tensor, lengths: torch.Tensor, block: torch.Tensor
 
 class BlockLM(nn.Module):
     """Wraps the causal LM so that one forward returns the per-token block cross-entropy."""
-
-    # HF calls the Gated DeltaNet with keyword arguments, which ZeRO-3's backward hooks do not see; the decoder
-    # layer gets its hidden states positionally, so it is the unit ZeRO-3 gathers (see CausalDiT).
-    z3_leaf_classes = (Qwen3_5DecoderLayer,)
 
     def __init__(self, lm: Qwen3_5ForCausalLM):
         super().__init__()
@@ -68,7 +63,7 @@ class LMTask:
     def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None:
         self.module.to(dist_info.device)
 
-    def loss(self, model, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
         ce, correct, valid = model(batch["prefix"], batch["prefix_len"], batch["block"])
         n = valid.sum()
         return ce.sum() / n, {"loss": (ce.detach().sum(), n), "accuracy": (correct.sum(), n)}

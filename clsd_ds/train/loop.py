@@ -97,7 +97,7 @@ class Task(Protocol):
 
     def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None: ...
 
-    def loss(self, model, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]: ...
+    def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]: ...
 
     def flops_per_token(self) -> float: ...
 
@@ -174,13 +174,17 @@ class Trainer:
     def _engine(self, ds_config: dict, use_ds_optimizer: bool):
         import deepspeed
         from deepspeed.runtime.lr_schedules import WarmupCosineLR
-        from deepspeed.utils import set_z3_leaf_modules
+        from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
 
         module = self.task.module
-        if ds_config.get("zero_optimization", {}).get("stage", 0) == 3 and getattr(module, "z3_leaf_classes", ()):
-            # HF's Gated DeltaNet reads conv1d.weight without calling conv1d, so ZeRO-3 must gather its parameters
-            # as one unit: the module declares which class encloses it (see CausalDiT / BlockLM).
-            set_z3_leaf_modules(module, list(module.z3_leaf_classes))
+        if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+            # HF's Gated DeltaNet reads conv1d.weight without calling conv1d, so ZeRO-3 would never gather it:
+            # declare it a parameter of the DeltaNet module itself. (Making the DeltaNet a ZeRO-3 "leaf" instead
+            # breaks when a module runs twice in one step, as the DiT does over Euler steps, and when HF calls it
+            # with keyword arguments only.)
+            for m in module.modules():
+                if isinstance(m, Qwen3_5GatedDeltaNet):
+                    deepspeed.zero.register_external_parameter(m, m.conv1d.weight)
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = None
         if not use_ds_optimizer:
@@ -197,13 +201,13 @@ class Trainer:
                                                           lr_scheduler=scheduler, config=ds_config)
         return engine, lr_scheduler
 
-    def _evaluate(self, engine, batches: list[dict]) -> dict:
+    def _evaluate(self, engine, batches: list[dict], step: int) -> dict:
         acc = Accumulator()
         engine.eval()
         with torch.no_grad():
             for i, batch in enumerate(batches):
                 gen = step_generator(self.seed, i, self.dist.rank, 0, self.dist.device, kind="eval")
-                _, metrics = self.task.loss(engine, to_device(batch, self.dist.device), gen)
+                _, metrics = self.task.loss(engine, to_device(batch, self.dist.device), gen, step)
                 acc.add(metrics)
         engine.train()
         return acc.reduce(self.dist.device)
@@ -220,6 +224,7 @@ class Trainer:
         if val_manifest is not None:
             self.task.check_data(val_manifest, self.data_cfg.val)
         self.task.setup(d, dtype, manifest)
+        fpt = self.task.flops_per_token()  # before ZeRO-3 partitions the parameters
         if d.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.config_dict, indent=1))
@@ -243,10 +248,9 @@ class Trainer:
         if tag is not None:
             log.write(f"resumed from {self.ckpt_dir / tag} at step {step}")
         peak = peak_tflops(self.cfg.peak_tflops)
-        fpt = self.task.flops_per_token()
         summary: dict = {"start_step": step}
         if val and step == 0:
-            summary["eval_start"] = self._evaluate(engine, val)
+            summary["eval_start"] = self._evaluate(engine, val, step)
             log.log(step, summary["eval_start"], kind="eval")
 
         acc = Accumulator()
@@ -256,7 +260,7 @@ class Trainer:
             for m in range(accum):
                 batch = to_device(next(loader), d.device)
                 gen = step_generator(self.seed, step, d.rank, m, d.device)
-                loss, metrics = self.task.loss(engine, batch, gen)
+                loss, metrics = self.task.loss(engine, batch, gen, step)
                 engine.backward(loss)
                 engine.step()
                 acc.add(metrics)
@@ -283,7 +287,7 @@ class Trainer:
                 summary["last"] = stats
                 t_last, steps_window = time.time(), 0
             if val and self.cfg.eval_every and step % self.cfg.eval_every == 0 and step < self.cfg.steps:
-                log.log(step, self._evaluate(engine, val), kind="eval")
+                log.log(step, self._evaluate(engine, val, step), kind="eval")
             if self.cfg.save_every and (step % self.cfg.save_every == 0 or step == self.cfg.steps):
                 states = [None] * world
                 dist.all_gather_object(states, loader.state_dict())
@@ -293,7 +297,7 @@ class Trainer:
         summary["end_step"] = step
         summary["save_s"] = last_save_s
         if val:
-            summary["eval_end"] = self._evaluate(engine, val)
+            summary["eval_end"] = self._evaluate(engine, val, step)
             log.log(step, summary["eval_end"], kind="eval")
         if self.cfg.export:
             self._export(engine)
@@ -303,7 +307,8 @@ class Trainer:
 
     def _export(self, engine) -> None:
         if engine.zero_optimization_partition_weights():
-            state = engine._zero3_consolidated_16bit_state_dict()  # gathers layer by layer onto rank 0
+            # gathers layer by layer onto rank 0; frozen parameters (a ZeRO-3 verifier) are not exported
+            state = engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)
         else:
             state = engine.module.state_dict() if self.dist.is_main else None
         if self.dist.is_main:

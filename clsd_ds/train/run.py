@@ -1,6 +1,7 @@
 """The ``train`` entry point: one config file describes a run; ``stage`` picks what is trained.
 
     stage a   Stage A rectified flow of the DiT grafted from the verifier
+    stage c   Stage C alignment of the DiT through the frozen verifier (usually ``init_from`` a Stage A run)
     stage lm  next-token pretraining of a small random-init verifier (the embedded default's fixture)
 """
 
@@ -9,28 +10,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import dataclasses
+import json
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file
 
 from ..config import ConfigError, to_dict
 from ..data.reader import DataConfig
-from ..dit import DiTConfig
+from ..dit import EXPORT_CONFIG, EXPORT_WEIGHTS, CausalDiT, DiTConfig
 from ..flow import FlowConfig
 from ..graft import graft
-from ..verifier import Verifier, VerifierConfig
+from ..verifier import Verifier, VerifierConfig, check_checkpoint_dir
 from .distributed import init_distributed
+from . import checkpoint
 from .lm import LMTask
 from .loop import LogConfig, OptimConfig, Trainer, TrainConfig, compute_dtype, read_ds_config
 from .stage_a import StageATask
+from .stage_c import StageCConfig, StageCTask
 
 
 @dataclass
 class RunConfig:
     run_dir: str = "runs/stage_a"
-    stage: Literal["a", "lm"] = "a"
+    stage: Literal["a", "c", "lm"] = "a"
     seed: int = 0
+    init_from: str | None = None  # the DiT's start: an export directory, or a run directory (export or checkpoint)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    stage_c: StageCConfig = field(default_factory=StageCConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -41,19 +51,60 @@ class RunConfig:
             raise ConfigError("stage 'lm' pretrains a new verifier: set 'verifier.random_init' (its architecture)")
 
 
+def initial_dit(verifier: Verifier, cfg: RunConfig) -> CausalDiT:
+    """The DiT a run starts from: grafted fresh, or with the weights (and architecture) of ``cfg.init_from``:
+    an exported DiT, or a run directory's export, else the newest complete checkpoint of that run."""
+    if cfg.init_from is None:
+        return graft(verifier, cfg.dit)
+    source = Path(cfg.init_from)
+    if (source / "export" / EXPORT_CONFIG).is_file():
+        source = source / "export"
+    if (source / EXPORT_CONFIG).is_file():
+        meta = json.loads((source / EXPORT_CONFIG).read_text())
+        arch, state, made_for = DiTConfig(**meta["dit"]), load_file(str(source / EXPORT_WEIGHTS)), meta["verifier_config"]
+    elif (tag := checkpoint.latest_tag(source / "checkpoints")) is not None and (source / "config.json").is_file():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        run_cfg = json.loads((source / "config.json").read_text())
+        arch, made_for = DiTConfig(**run_cfg["dit"]), None
+        state = get_fp32_state_dict_from_zero_checkpoint(str(source / "checkpoints"), tag=tag)
+        state = {k.removeprefix("dit."): v for k, v in state.items() if not k.startswith("verifier.")}
+    else:
+        raise ConfigError(f"init_from: '{source}' is neither an exported DiT (dit_config.json) nor a run directory "
+                          f"with an export or a complete checkpoint")
+    v = verifier.config
+    if made_for is not None and (made_for["hidden_size"], made_for["num_hidden_layers"]) != \
+            (v.hidden_size, v.num_hidden_layers):
+        raise ConfigError(f"init_from: '{source}' was grafted from a verifier with hidden size "
+                          f"{made_for['hidden_size']} and {made_for['num_hidden_layers']} layers; this verifier has "
+                          f"{v.hidden_size} and {v.num_hidden_layers}")
+    dit = graft(verifier, dataclasses.replace(arch, checkpointing=cfg.dit.checkpointing))
+    dit.load_state_dict(state, strict=True)
+    return dit
+
+
 def build_task(cfg: RunConfig, dtype, device):
     """The stage's task; every rank builds the same initial weights (the new layers are seeded)."""
     torch.manual_seed(cfg.seed)
     verifier = Verifier.load(cfg.verifier, dtype=dtype, seed=cfg.seed, device=device)
     if cfg.stage == "lm":
         return LMTask(verifier.lm)
-    return StageATask(graft(verifier, cfg.dit), verifier, cfg.flow)
+    if cfg.stage == "c":
+        return StageCTask(initial_dit(verifier, cfg), verifier, cfg.flow, cfg.stage_c)
+    return StageATask(initial_dit(verifier, cfg), verifier, cfg.flow)
 
 
 def run(cfg: RunConfig) -> dict:
     """Train ``cfg`` to ``train.steps`` (resuming from ``run_dir`` if it holds checkpoints); rank 0 gets a summary."""
+    ds_config = read_ds_config(cfg.train.ds_config)
+    if cfg.verifier.path is not None:
+        check_checkpoint_dir(cfg.verifier.path)  # fail before starting the process group
+    if cfg.stage == "c" and cfg.stage_c.placement == "zero3" and \
+            ds_config.get("zero_optimization", {}).get("stage", 0) != 3:
+        raise ConfigError(f"stage_c.placement=zero3 partitions the verifier with ZeRO-3, but {cfg.train.ds_config} "
+                          f"is not a ZeRO stage 3 config")
     dist_info = init_distributed()
-    dtype = compute_dtype(read_ds_config(cfg.train.ds_config))
+    dtype = compute_dtype(ds_config)
     task = build_task(cfg, dtype, dist_info.device)
     trainer = Trainer(task, cfg.run_dir, cfg.seed, cfg.data, cfg.optim, cfg.train, cfg.log, dist_info, to_dict(cfg))
     return trainer.run()

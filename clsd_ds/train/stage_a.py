@@ -68,7 +68,7 @@ class StageATask:
             return batch["cond"]
         return self.verifier.conditioning(batch["prefix"], batch["prefix_len"])
 
-    def loss(self, model, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
         x1 = self.targets(batch)
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         t = sample_t(self.flow, x1.shape[0], generator, device=x1.device)

@@ -1,0 +1,83 @@
+"""Stage C for real: 2 gloo ranks, ZeRO-3 DiT, the verifier replicated or ZeRO-3-partitioned, starting from the
+Stage A run, a kill -9 and an exact resume."""
+
+import shutil
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+from dsruns import SEED, kill_after_checkpoint, records, train_losses, write_config
+
+from clsd_ds.dit import DiTConfig, load_dit
+from clsd_ds.train.run import RunConfig, initial_dit
+from clsd_ds.verifier import Verifier, VerifierConfig
+
+STEPS, SAVE_EVERY = 8, 4
+
+
+@pytest.fixture(scope="module")
+def stage_a_checkpoint_only(stage_a_run, tmp_path_factory):
+    """The Stage A run directory without its export: init_from must consolidate the checkpoint."""
+    src, _ = stage_a_run
+    dst = tmp_path_factory.mktemp("a_ckpt") / "run"
+    dst.mkdir()
+    shutil.copy(src / "config.json", dst / "config.json")
+    shutil.copytree(src / "checkpoints", dst / "checkpoints")
+    return dst
+
+
+def _stage_c_config(tmp, name, shards, init_from, **extra):
+    return write_config(tmp / f"{name}.yaml", tmp / name, shards, stage="c", init_from=str(init_from),
+                        train__steps=STEPS, train__save_every=SAVE_EVERY, **extra)
+
+
+@pytest.fixture(scope="module")
+def replicate_run(stage_a_checkpoint_only, shards, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("c_rep")
+    cfg = _stage_c_config(tmp, "run", shards, stage_a_checkpoint_only, stage_c__placement="replicate")
+    run_cli(["train", "--config", str(cfg)], nproc=2)
+    return tmp / "run"
+
+
+def test_init_from_export_or_checkpoint_gives_the_stage_a_weights(stage_a_run, stage_a_checkpoint_only):
+    run_dir, _ = stage_a_run
+    verifier = Verifier.load(VerifierConfig(random_init=TINY), seed=SEED)
+    trained = load_dit(run_dir / "export").state_dict()
+    for source in (run_dir / "export", run_dir, stage_a_checkpoint_only):
+        cfg = RunConfig(init_from=str(source), verifier=VerifierConfig(random_init=TINY),
+                        dit=DiTConfig(num_layers=2, checkpointing=True))  # the architecture comes from the source
+        dit = initial_dit(verifier, cfg)
+        assert dit.cfg.num_layers == 4 and dit.cfg.checkpointing
+        state = dit.state_dict()
+        assert all(torch.equal(state[k], trained[k]) for k in trained), source
+
+
+def test_stage_c_lowers_ce_and_logs_its_metrics(replicate_run):
+    evals = records(replicate_run, "eval")
+    assert sorted(evals) == [0, STEPS]
+    assert evals[STEPS]["ce"] < evals[0]["ce"]
+    last = records(replicate_run)[STEPS]
+    for key in ("ce", "mse", "beta", "verifier_acc", "nearest_acc", "grad_norm", "tok_s"):
+        assert key in last, key
+    assert [records(replicate_run)[s]["beta"] for s in (1, STEPS)] == pytest.approx([0.1, 0.1 / 8])
+    assert (replicate_run / "export" / "model.safetensors").is_file()
+
+
+def test_zero3_partitioned_verifier_equals_the_replicated_one(replicate_run, stage_a_checkpoint_only, shards,
+                                                               tmp_path):
+    cfg = _stage_c_config(tmp_path, "z3", shards, stage_a_checkpoint_only, stage_c__placement="zero3")
+    run_cli(["train", "--config", str(cfg)], nproc=2)
+    rep, z3 = records(replicate_run, "eval")[0], records(tmp_path / "z3", "eval")[0]
+    for key in ("ce", "verifier_acc", "nearest_acc", "mse"):
+        assert z3[key] == pytest.approx(rep[key], rel=1e-5, abs=1e-6), key
+    a, b = train_losses(replicate_run), train_losses(tmp_path / "z3")
+    assert [b[s] for s in range(1, STEPS + 1)] == pytest.approx([a[s] for s in range(1, STEPS + 1)], rel=1e-4)
+
+
+def test_kill_and_resume_matches_the_uninterrupted_run(replicate_run, stage_a_checkpoint_only, shards, tmp_path):
+    cfg = _stage_c_config(tmp_path, "k", shards, stage_a_checkpoint_only, stage_c__placement="replicate")
+    resumed_from = kill_after_checkpoint(cfg, tmp_path / "k", SAVE_EVERY, launcher="torchrun")
+    assert resumed_from < STEPS
+    run_cli(["train", "--config", str(cfg)], nproc=2)
+    a, b = train_losses(replicate_run), train_losses(tmp_path / "k")
+    assert [b[s] for s in range(resumed_from + 1, STEPS + 1)] == [a[s] for s in range(resumed_from + 1, STEPS + 1)]
