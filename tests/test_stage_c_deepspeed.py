@@ -1,5 +1,5 @@
 """Stage C for real: 2 gloo ranks, ZeRO-3 DiT, the verifier replicated or ZeRO-3-partitioned, starting from the
-Stage A run, a kill -9 and an exact resume."""
+Stage A run's checkpoint, a kill -9 and an exact resume."""
 
 import shutil
 
@@ -39,6 +39,14 @@ def replicate_run(stage_a_checkpoint_only, shards, tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.fixture(scope="module")
+def zero3_run(stage_a_checkpoint_only, shards, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("c_z3")
+    cfg = _stage_c_config(tmp, "run", shards, stage_a_checkpoint_only, stage_c__placement="zero3")
+    run_cli(["train", "--config", str(cfg)], nproc=2)
+    return tmp / "run"
+
+
 def test_init_from_export_or_checkpoint_gives_the_stage_a_weights(stage_a_run, stage_a_checkpoint_only):
     run_dir, _ = stage_a_run
     verifier = Verifier.load(VerifierConfig(random_init=TINY), seed=SEED)
@@ -63,21 +71,19 @@ def test_stage_c_lowers_ce_and_logs_its_metrics(replicate_run):
     assert (replicate_run / "export" / "model.safetensors").is_file()
 
 
-def test_zero3_partitioned_verifier_equals_the_replicated_one(replicate_run, stage_a_checkpoint_only, shards,
-                                                               tmp_path):
-    cfg = _stage_c_config(tmp_path, "z3", shards, stage_a_checkpoint_only, stage_c__placement="zero3")
-    run_cli(["train", "--config", str(cfg)], nproc=2)
-    rep, z3 = records(replicate_run, "eval")[0], records(tmp_path / "z3", "eval")[0]
+def test_zero3_partitioned_verifier_equals_the_replicated_one(replicate_run, zero3_run):
+    rep, z3 = records(replicate_run, "eval")[0], records(zero3_run, "eval")[0]
     for key in ("ce", "verifier_acc", "nearest_acc", "mse"):
         assert z3[key] == pytest.approx(rep[key], rel=1e-5, abs=1e-6), key
-    a, b = train_losses(replicate_run), train_losses(tmp_path / "z3")
+    a, b = train_losses(replicate_run), train_losses(zero3_run)
     assert [b[s] for s in range(1, STEPS + 1)] == pytest.approx([a[s] for s in range(1, STEPS + 1)], rel=1e-4)
 
 
-def test_kill_and_resume_matches_the_uninterrupted_run(replicate_run, stage_a_checkpoint_only, shards, tmp_path):
-    cfg = _stage_c_config(tmp_path, "k", shards, stage_a_checkpoint_only, stage_c__placement="replicate")
+def test_kill_and_resume_matches_the_uninterrupted_run(zero3_run, stage_a_checkpoint_only, shards, tmp_path):
+    """With the verifier partitioned too: its weights are not in the checkpoints and come back from their source."""
+    cfg = _stage_c_config(tmp_path, "k", shards, stage_a_checkpoint_only, stage_c__placement="zero3")
     resumed_from = kill_after_checkpoint(cfg, tmp_path / "k", SAVE_EVERY, launcher="torchrun")
     assert resumed_from < STEPS
     run_cli(["train", "--config", str(cfg)], nproc=2)
-    a, b = train_losses(replicate_run), train_losses(tmp_path / "k")
+    a, b = train_losses(zero3_run), train_losses(tmp_path / "k")
     assert [b[s] for s in range(resumed_from + 1, STEPS + 1)] == [a[s] for s in range(resumed_from + 1, STEPS + 1)]

@@ -233,7 +233,10 @@ class Trainer:
         step, data_state, samples = 0, None, 0
         tag = checkpoint.latest_tag(self.ckpt_dir)
         if tag is not None:
-            _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+            # Checkpoints leave frozen parameters out (a ZeRO-3 verifier comes from its own files), so a module
+            # that has some cannot be matched strictly; its trainable weights come from the optimizer partitions.
+            frozen = any(not p.requires_grad for p in engine.module.parameters())
+            _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag, load_module_strict=not frozen)
             step, samples = client["step"], client["samples"]
             data_state = client["data"][d.rank] if client["world_size"] == world else None
             if data_state is None:
