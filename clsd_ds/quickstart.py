@@ -54,9 +54,9 @@ class QuickstartConfig:
     stage_a_lr: float = 1e-3
     stage_c_steps: int = 60
     stage_c_batch: int = 8
-    stage_c_lr: float = 3e-4
+    stage_c_lr: float = 1e-3
     num_workers: int = 1
-    ds_config: str = "ds_configs/cpu_zero3.json"
+    ds_config: str = "ds_configs/cpu_zero1.json"  # one process: ZeRO-3 would partition over a world of one
     progress: bool = True
 
 
