@@ -74,9 +74,9 @@ def main() -> None:
             train=TrainConfig(steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro,
                               ds_config=args.ds_config, log_every=args.log_every, save_every=0, export=False),
             log=LogConfig(progress=False))
-        summary = run(cfg)
+        run(cfg)
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").open()]
-    if summary is None:  # not rank 0
+    if torch.distributed.get_rank() != 0:
         return
     windows = [r for r in records if r["kind"] == "train"][1:] or [r for r in records if r["kind"] == "train"]
     step_s = statistics.median(r["step_s"] for r in windows)

@@ -1,10 +1,12 @@
 """Command line: ``python -m clsd_ds <command> [--config FILE] [KEY=VALUE ...]``.
 
     quickstart     the whole pipeline on a tiny verifier, on this CPU, nothing downloaded
+    report         a run directory's summary and plots (loss, throughput, restarts)
     prepare-data   text -> token-id shards (optionally with C precomputed by the verifier)
     import-seed    the seed's [N, 128, 4096] embedding safetensors -> shards
-    train          a training run (Stage A, or the verifier fixture's pretraining); launch it with
-                   deepspeed, torchrun, mpirun or srun, or plainly for one process
+    train          a training run (Stage A, Stage C, or the verifier fixture's pretraining); launch it with
+                   deepspeed, torchrun, mpirun or srun, or plainly for one process. Exits with 75 when a
+                   stop signal (SIGUSR1/SIGTERM) made it checkpoint and stop early: requeue it.
 
 KEY=VALUE pairs override the config file (dotted paths, YAML values), e.g. ``optim.lr=3e-4 train.steps=100``.
 """
@@ -16,7 +18,10 @@ import json
 import sys
 import warnings
 
+import torch
+
 from .config import ConfigError, load_config
+from .train.preemption import EXIT_REQUEUE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     sub.choices["train"].add_argument("--stage", choices=["a", "c", "lm"], help="same as the override stage=...")
     sub.choices["train"].add_argument("--init-from", help="same as the override init_from=...")
+    r = sub.add_parser("report", help="summarize a run directory and write loss/throughput PNGs")
+    r.add_argument("run_dir")
+    r.add_argument("--out", help="where the PNGs go (default: the run directory)")
     q = sub.add_parser("quickstart", help="run the embedded default end to end on the CPU")
     q.add_argument("--config", help="YAML or JSON file overriding the quickstart's settings")
     q.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -57,8 +65,18 @@ def main(argv: list[str] | None = None) -> int:
             overrides = args.overrides + ([f"stage={args.stage}"] if args.stage else []) + \
                 ([f"init_from={args.init_from}"] if args.init_from else [])
             summary = run(load_config(RunConfig, args.config, overrides))
-            if summary is not None:
+            if torch.distributed.get_rank() == 0:
                 print(json.dumps(summary, indent=1), flush=True)
+            if summary["exit"] == "requeue":
+                return EXIT_REQUEUE
+        elif args.command == "report":
+            from pathlib import Path
+
+            from .report import plot, summary
+
+            print(summary(Path(args.run_dir)))
+            for path in plot(Path(args.run_dir), Path(args.out) if args.out else None):
+                print(f"  wrote {path}")
         elif args.command == "quickstart":
             from .quickstart import QuickstartConfig, quickstart
 

@@ -26,6 +26,7 @@ from .data.writer import PrepareConfig, prepare_data
 from .dit import EXPORT_WEIGHTS, DiTConfig
 from .flow import FlowConfig
 from .train.loop import LogConfig, OptimConfig, TrainConfig
+from .train.preemption import EXIT_REQUEUE
 from .train.run import RunConfig, run
 from .train.stage_c import StageCConfig
 from .verifier import VerifierConfig, load_tokenizer
@@ -61,7 +62,11 @@ class QuickstartConfig:
 
 
 def _train(cfg: QuickstartConfig, run_dir: Path, **sections) -> dict:
-    return run(RunConfig(run_dir=str(run_dir), seed=cfg.seed, **sections))
+    summary = run(RunConfig(run_dir=str(run_dir), seed=cfg.seed, **sections))
+    if summary["exit"] == "requeue":
+        print(f"[quickstart] stopped by a signal after a checkpoint in {run_dir}; run it again to continue")
+        raise SystemExit(EXIT_REQUEUE)
+    return summary
 
 
 def quickstart(cfg: QuickstartConfig) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,28 @@ def stage_a_run(shards, tmp_path_factory):
     cfg = write_config(tmp / "a.yaml", tmp / "run", shards, log__wandb=True)
     proc = run_cli(["train", "--config", str(cfg)], nproc=2)
     return tmp / "run", proc
+
+
+@pytest.fixture(scope="session")
+def stage_a_checkpoint_only(stage_a_run, tmp_path_factory):
+    """The Stage A run directory without its export: init_from must consolidate the checkpoint."""
+    src, _ = stage_a_run
+    dst = tmp_path_factory.mktemp("a_ckpt") / "run"
+    dst.mkdir()
+    shutil.copy(src / "config.json", dst / "config.json")
+    shutil.copytree(src / "checkpoints", dst / "checkpoints")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def replicate_run(stage_a_checkpoint_only, shards, tmp_path_factory):
+    """An 8-step, 2-rank Stage C run (verifier replicated) from the Stage A checkpoint, under torchrun."""
+    from dsruns import stage_c_config
+
+    tmp = tmp_path_factory.mktemp("c_rep")
+    cfg = stage_c_config(tmp, "run", shards, stage_a_checkpoint_only, stage_c__placement="replicate")
+    run_cli(["train", "--config", str(cfg)], nproc=2)
+    return tmp / "run"
 
 
 def run_cli(args: list[str], nproc: int = 1, launcher: str = "torchrun", env: dict | None = None,

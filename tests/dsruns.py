@@ -14,6 +14,7 @@ import yaml
 from conftest import BLOCK, REPO, TINY
 
 SEED = 11  # Stage A and Stage C runs share it, so they build the same random-init verifier
+C_STEPS, C_SAVE_EVERY = 8, 4  # Stage C test runs
 
 
 def write_config(path: Path, run_dir: Path, shards: Path, stage: str = "a", **extra) -> Path:
@@ -37,6 +38,12 @@ def write_config(path: Path, run_dir: Path, shards: Path, stage: str = "a", **ex
             cfg[key] = value
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def stage_c_config(tmp: Path, name: str, shards: Path, init_from: Path, **extra) -> Path:
+    """``write_config`` for a Stage C run ``tmp/name`` starting from ``init_from``."""
+    return write_config(tmp / f"{name}.yaml", tmp / name, shards, stage="c", init_from=str(init_from),
+                        train__steps=C_STEPS, train__save_every=C_SAVE_EVERY, **extra)
 
 
 def records(run_dir: Path, kind: str = "train") -> dict[int, dict]:

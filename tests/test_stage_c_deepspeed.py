@@ -1,48 +1,22 @@
 """Stage C for real: 2 gloo ranks, ZeRO-3 DiT, the verifier replicated or ZeRO-3-partitioned, starting from the
 Stage A run's checkpoint, a kill -9 and an exact resume."""
 
-import shutil
-
 import pytest
 import torch
 from conftest import TINY, run_cli
-from dsruns import SEED, kill_after_checkpoint, records, train_losses, write_config
+from dsruns import C_SAVE_EVERY as SAVE_EVERY
+from dsruns import C_STEPS as STEPS
+from dsruns import SEED, kill_after_checkpoint, records, stage_c_config, train_losses
 
 from clsd_ds.dit import DiTConfig, load_dit
 from clsd_ds.train.run import RunConfig, initial_dit
 from clsd_ds.verifier import Verifier, VerifierConfig
 
-STEPS, SAVE_EVERY = 8, 4
-
-
-@pytest.fixture(scope="module")
-def stage_a_checkpoint_only(stage_a_run, tmp_path_factory):
-    """The Stage A run directory without its export: init_from must consolidate the checkpoint."""
-    src, _ = stage_a_run
-    dst = tmp_path_factory.mktemp("a_ckpt") / "run"
-    dst.mkdir()
-    shutil.copy(src / "config.json", dst / "config.json")
-    shutil.copytree(src / "checkpoints", dst / "checkpoints")
-    return dst
-
-
-def _stage_c_config(tmp, name, shards, init_from, **extra):
-    return write_config(tmp / f"{name}.yaml", tmp / name, shards, stage="c", init_from=str(init_from),
-                        train__steps=STEPS, train__save_every=SAVE_EVERY, **extra)
-
-
-@pytest.fixture(scope="module")
-def replicate_run(stage_a_checkpoint_only, shards, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("c_rep")
-    cfg = _stage_c_config(tmp, "run", shards, stage_a_checkpoint_only, stage_c__placement="replicate")
-    run_cli(["train", "--config", str(cfg)], nproc=2)
-    return tmp / "run"
-
 
 @pytest.fixture(scope="module")
 def zero3_run(stage_a_checkpoint_only, shards, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("c_z3")
-    cfg = _stage_c_config(tmp, "run", shards, stage_a_checkpoint_only, stage_c__placement="zero3")
+    cfg = stage_c_config(tmp, "run", shards, stage_a_checkpoint_only, stage_c__placement="zero3")
     run_cli(["train", "--config", str(cfg)], nproc=2)
     return tmp / "run"
 
@@ -81,7 +55,7 @@ def test_zero3_partitioned_verifier_equals_the_replicated_one(replicate_run, zer
 
 def test_kill_and_resume_matches_the_uninterrupted_run(zero3_run, stage_a_checkpoint_only, shards, tmp_path):
     """With the verifier partitioned too: its weights are not in the checkpoints and come back from their source."""
-    cfg = _stage_c_config(tmp_path, "k", shards, stage_a_checkpoint_only, stage_c__placement="zero3")
+    cfg = stage_c_config(tmp_path, "k", shards, stage_a_checkpoint_only, stage_c__placement="zero3")
     resumed_from = kill_after_checkpoint(cfg, tmp_path / "k", SAVE_EVERY, launcher="torchrun")
     assert resumed_from < STEPS
     run_cli(["train", "--config", str(cfg)], nproc=2)

@@ -14,8 +14,10 @@ already taken, and rotates worker ids so the round-robin resumes where it stoppe
 
 from __future__ import annotations
 
+import atexit
 import logging
 import random
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -25,6 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import ConfigError
+from ..train.preemption import ignore_stop_signals
 from .format import Manifest, ShardError, decode_sample
 
 log = logging.getLogger("clsd_ds.data")
@@ -119,6 +122,29 @@ class ShardStream(IterableDataset):
             random.Random(f"{self.seed}:{epoch}:{index}").shuffle(samples)
         return samples
 
+    def position_after(self, samples: int) -> dict:
+        """A state that starts each worker a proportional way into the epoch containing global sample
+        ``samples``: for a resume on another layout. The count is kept; which samples were seen is not."""
+        total = self.manifest.samples
+        epoch, within = divmod(samples, total)
+        groups = self.world * self.workers
+        workers = {}
+        for w in range(self.workers):
+            g = self.rank * self.workers + w
+            shards, stride = self._plan(epoch, g)
+            skip, position, base = within // groups, (epoch, len(shards), 0), 0
+            for k, index in enumerate(shards):
+                n = self.manifest.shards[index].samples
+                mine = range(n) if stride is None else [j for j in range(n) if (base + j) % stride == g]
+                base += n
+                if skip < len(mine):
+                    position = (epoch, k, mine[skip])
+                    break
+                skip -= len(mine)
+            workers[str(w)] = list(position)
+        return {"world_size": self.world, "num_workers": self.workers, "rank": self.rank, "workers": workers,
+                "next_worker": 0}
+
     def _samples(self, g: int, position: tuple[int, int, int]) -> Iterator[tuple[dict, tuple[int, int, int]]]:
         """(sample, position after it) for global worker g, from ``position`` on."""
         epoch, first_shard, offset = position
@@ -159,8 +185,16 @@ class ShardStream(IterableDataset):
         return batch
 
 
+_OPEN_LOADERS: "weakref.WeakSet[ShardLoader]" = weakref.WeakSet()
+
+
 class ShardLoader:
-    """A rank's training batches (via DataLoader workers) and the position to resume them exactly."""
+    """A rank's training batches (via DataLoader workers) and the position to resume them exactly.
+
+    The workers ignore SIGUSR1/SIGTERM (Slurm signals every process of a job step; the training process decides
+    when to stop), so they cannot be terminated by a signal: ``close`` asks them to finish and kills stragglers,
+    and runs by itself at interpreter exit.
+    """
 
     def __init__(self, cfg: DataConfig, directory: str, batch_size: int, rank: int, world_size: int,
                  state: dict | None = None, pin_memory: bool = False):
@@ -171,8 +205,21 @@ class ShardLoader:
         self.batches = 0
         self.skipped = {}
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers,
-                                 pin_memory=pin_memory, prefetch_factor=4 if cfg.num_workers else None)
+                                 pin_memory=pin_memory, prefetch_factor=4 if cfg.num_workers else None,
+                                 worker_init_fn=ignore_stop_signals if cfg.num_workers else None)
         self._it = iter(self.loader)
+        _OPEN_LOADERS.add(self)
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        if it is None:
+            return
+        workers = list(getattr(it, "_workers", []))  # torch's iterator keeps its worker processes here
+        del it  # the iterator's finalizer asks the workers to finish
+        for w in workers:
+            w.join(timeout=10)
+            if w.is_alive():
+                w.kill()
 
     def __iter__(self):
         return self
@@ -207,3 +254,9 @@ def eval_batches(directory: str, batch_size: int, rank: int, world_size: int, li
         if len(out) == limit:
             break
     return out
+
+
+@atexit.register
+def _close_open_loaders() -> None:  # runs before multiprocessing's exit handler, which would wait for them
+    for loader in list(_OPEN_LOADERS):
+        loader.close()

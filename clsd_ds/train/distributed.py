@@ -25,6 +25,7 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    launcher: str = "single"
 
     @property
     def is_main(self) -> bool:
@@ -70,7 +71,7 @@ def init_distributed() -> DistInfo:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    launcher_env()
+    launcher = launcher_env()
     accel = get_accelerator()
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=accel.communication_backend_name(), auto_mpi_discovery=True)
@@ -82,4 +83,4 @@ def init_distributed() -> DistInfo:
         index = local_rank % max(1, accel.device_count())
         accel.set_device(index)
         device = torch.device(accel.device_name(index))
-    return DistInfo(rank, world, local_rank, device)
+    return DistInfo(rank, world, local_rank, device, launcher)

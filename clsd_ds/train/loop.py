@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,10 +25,11 @@ import torch.distributed as dist
 
 from ..config import ConfigError, read_mapping
 from ..data.format import Manifest
-from ..data.reader import ShardLoader, eval_batches
-from . import checkpoint
+from ..data.reader import ShardLoader, ShardStream, eval_batches
+from . import checkpoint, faults, runinfo
 from .distributed import DistInfo
 from .metrics import Accumulator, MetricsLog, peak_tflops
+from .preemption import StopRequest
 
 REPO = Path(__file__).resolve().parents[2]
 OWNED_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
@@ -67,6 +69,8 @@ class TrainConfig:
     eval_batches: int = 8
     export: bool = True  # write <run_dir>/export after the last step
     peak_tflops: float | None = None  # per device, for MFU; default from the device name
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss: stop with a checkpoint, or skip the batch
+    max_skipped_batches: int = 100  # skip: stop anyway after this many in one start of the run
 
     def validate(self) -> None:
         if self.save_every < 0:
@@ -164,12 +168,13 @@ class Trainer:
     """Runs a task to ``train.steps`` under DeepSpeed, resuming from ``<run_dir>/checkpoints`` if present."""
 
     def __init__(self, task: Task, run_dir: str, seed: int, data_cfg, optim: OptimConfig, train: TrainConfig,
-                 log_cfg: LogConfig, dist_info: DistInfo, config_dict: dict):
+                 log_cfg: LogConfig, dist_info: DistInfo, config_dict: dict, stop: StopRequest):
         self.task, self.seed, self.dist = task, seed, dist_info
         self.data_cfg, self.optim, self.cfg, self.log_cfg = data_cfg, optim, train, log_cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config_dict = config_dict
+        self.stop = stop
 
     def _engine(self, ds_config: dict, use_ds_optimizer: bool):
         import deepspeed
@@ -212,7 +217,9 @@ class Trainer:
         engine.train()
         return acc.reduce(self.dist.device)
 
-    def run(self) -> dict | None:
+    def run(self) -> dict:
+        """Train to ``train.steps``; returns a summary whose ``exit`` is ``finished`` or ``requeue`` (stopped by a
+        signal after a checkpoint). Raises FloatingPointError on a non-finite loss under ``on_nonfinite: stop``."""
         d = self.dist
         world = d.world_size
         micro, accum = micro_batching(self.cfg.batch_size, self.cfg.micro_batch_size, world)
@@ -225,88 +232,151 @@ class Trainer:
             self.task.check_data(val_manifest, self.data_cfg.val)
         self.task.setup(d, dtype, manifest)
         fpt = self.task.flops_per_token()  # before ZeRO-3 partitions the parameters
+        restart = 0
         if d.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.config_dict, indent=1))
-        engine, lr_scheduler = self._engine(ds_config, use_ds_opt)
+            restart = runinfo.record_start(self.run_dir, world, d.launcher)
+        runinfo.log_to_rank_file(self.run_dir, d.rank)
 
-        step, data_state, samples = 0, None, 0
         tag = checkpoint.latest_tag(self.ckpt_dir)
-        if tag is not None:
-            # Checkpoints leave frozen parameters out (a ZeRO-3 verifier comes from its own files), so a module
-            # that has some cannot be matched strictly; its trainable weights come from the optimizer partitions.
-            frozen = any(not p.requires_grad for p in engine.module.parameters())
-            _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag, load_module_strict=not frozen)
-            step, samples = client["step"], client["samples"]
-            data_state = client["data"][d.rank] if client["world_size"] == world else None
-            if data_state is None:
-                raise ConfigError(f"{self.ckpt_dir / tag} was written by {client['world_size']} ranks, this run has "
-                                  f"{world}; resuming on a new world size is not supported yet")
+        load_tag = tag
+        if tag is not None and checkpoint.saved_world_size(self.ckpt_dir, tag) not in (None, world):
+            load_tag = checkpoint.universal(self.ckpt_dir, tag, d.is_main)
+            ds_config["checkpoint"] = {"load_universal": True}
+        engine, lr_scheduler = self._engine(ds_config, use_ds_opt)
+        step, samples, data_state, note = self._resume(engine, load_tag, micro)
         loader = ShardLoader(self.data_cfg, self.data_cfg.train, micro, d.rank, world, state=data_state,
                              pin_memory=d.device.type == "cuda")
         val = eval_batches(self.data_cfg.val, micro, d.rank, world, self.cfg.eval_batches) if val_manifest else []
 
         log = MetricsLog(self.run_dir, d.is_main, self.cfg.steps, step, self.log_cfg.progress, self.log_cfg,
-                         self.config_dict)
-        if tag is not None:
-            log.write(f"resumed from {self.ckpt_dir / tag} at step {step}")
+                         self.config_dict, restart=restart)
+        if note:
+            log.write(note)
         peak = peak_tflops(self.cfg.peak_tflops)
-        summary: dict = {"start_step": step}
+        summary: dict = {"start_step": step, "restart": restart}
         if val and step == 0:
             summary["eval_start"] = self._evaluate(engine, val, step)
             log.log(step, summary["eval_start"], kind="eval")
 
         acc = Accumulator()
         tokens_per_step = self.cfg.batch_size * manifest.block_len
-        t_last, steps_window, last_save_s = time.time(), 0, None
-        while step < self.cfg.steps:
-            for m in range(accum):
-                batch = to_device(next(loader), d.device)
-                gen = step_generator(self.seed, step, d.rank, m, d.device)
-                loss, metrics = self.task.loss(engine, batch, gen, step)
-                engine.backward(loss)
-                engine.step()
-                acc.add(metrics)
-            grad_norm = engine.get_global_grad_norm()  # the same on every rank, so all stop together
-            if grad_norm is not None and not math.isfinite(_float(grad_norm)):
-                raise FloatingPointError(f"non-finite gradient norm at step {step + 1}; the last checkpoint in "
-                                         f"{self.ckpt_dir} is from before it")
-            step += 1
-            steps_window += 1
-            samples += self.cfg.batch_size
-            log.advance(step)
-            if step % self.cfg.log_every == 0 or step == self.cfg.steps:
-                elapsed = time.time() - t_last
-                stats = acc.reduce(d.device)
-                tok_s = tokens_per_step * steps_window / elapsed
-                stats.update(tok_s=tok_s, step_s=elapsed / steps_window, lr=lr_scheduler.get_last_lr()[0],
-                             grad_norm=_float(grad_norm), samples=samples,
-                             skipped_shards=_sum_over_ranks(loader.skipped_shards, d.device))
-                if peak:
-                    stats["mfu"] = fpt * tok_s / (peak * 1e12 * world)
-                if d.device.type == "cuda":
-                    stats["mem_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
-                log.log(step, stats)
-                summary["last"] = stats
-                t_last, steps_window = time.time(), 0
-            if val and self.cfg.eval_every and step % self.cfg.eval_every == 0 and step < self.cfg.steps:
-                log.log(step, self._evaluate(engine, val, step), kind="eval")
-            if self.cfg.save_every and (step % self.cfg.save_every == 0 or step == self.cfg.steps):
-                states = [None] * world
-                dist.all_gather_object(states, loader.state_dict())
-                client = {"step": step, "samples": samples, "world_size": world, "data": states, "seed": self.seed}
-                last_save_s = checkpoint.save(engine, self.ckpt_dir, step, client, self.cfg.keep_last, d.is_main)
-                t_last += last_save_s
-        summary["end_step"] = step
-        summary["save_s"] = last_save_s
+        t_last, steps_window, last_save_s, skipped = time.time(), 0, None, 0
+        try:
+            while step < self.cfg.steps:
+                step_start = loader.state_dict()
+                m = attempt = 0
+                while m < accum:
+                    batch = to_device(next(loader), d.device)
+                    gen = step_generator(self.seed, step, d.rank, m + 1000 * attempt, d.device)
+                    loss, metrics = self.task.loss(engine, batch, gen, step)
+                    if m == attempt == 0 and faults.planned("nan_loss", step + 1, d.rank):
+                        loss = loss * math.nan
+                    if not self._finite_everywhere(loss):
+                        self._non_finite(engine, step, samples, step_start, skipped)
+                        skipped, attempt = skipped + 1, attempt + 1
+                        continue
+                    engine.backward(loss)
+                    engine.step()
+                    acc.add(metrics)
+                    m += 1
+                grad_norm = engine.get_global_grad_norm()  # the same on every rank, so all stop together
+                if grad_norm is not None and not math.isfinite(_float(grad_norm)):
+                    raise FloatingPointError(f"non-finite gradient norm at step {step + 1}; the newest checkpoint in "
+                                             f"{self.ckpt_dir} is from before it")
+                step += 1
+                steps_window += 1
+                samples += self.cfg.batch_size
+                log.advance(step)
+                if step % self.cfg.log_every == 0 or step == self.cfg.steps:
+                    elapsed = time.time() - t_last
+                    stats = acc.reduce(d.device)
+                    tok_s = tokens_per_step * steps_window / elapsed
+                    stats.update(tok_s=tok_s, step_s=elapsed / steps_window, lr=lr_scheduler.get_last_lr()[0],
+                                 grad_norm=_float(grad_norm), samples=samples, skipped_batches=skipped,
+                                 skipped_shards=_sum_over_ranks(loader.skipped_shards, d.device))
+                    if peak:
+                        stats["mfu"] = fpt * tok_s / (peak * 1e12 * world)
+                    if d.device.type == "cuda":
+                        stats["mem_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
+                    log.log(step, stats)
+                    summary["last"] = stats
+                    t_last, steps_window = time.time(), 0
+                if val and self.cfg.eval_every and step % self.cfg.eval_every == 0 and step < self.cfg.steps:
+                    log.log(step, self._evaluate(engine, val, step), kind="eval")
+                stopping = self.stop.anywhere(d.device) and step < self.cfg.steps  # at the last step: finish instead
+                if stopping or (self.cfg.save_every and (step % self.cfg.save_every == 0 or step == self.cfg.steps)):
+                    last_save_s = self._save(engine, step, samples, loader.state_dict())
+                    t_last += last_save_s
+                if stopping:
+                    summary.update(exit="requeue", end_step=step, save_s=last_save_s)
+                    if d.is_main:
+                        runinfo.write_exit(self.run_dir, "signal", step, signal=self.stop.received or "(another rank)")
+                    log.write(f"stop requested ({self.stop.received or 'another rank'}): checkpoint at step {step} "
+                              f"saved, exiting for a requeue")
+                    log.close()
+                    return summary
+        finally:
+            loader.close()
+        summary.update(exit="finished", end_step=step, save_s=last_save_s)
         if val:
             summary["eval_end"] = self._evaluate(engine, val, step)
             log.log(step, summary["eval_end"], kind="eval")
         if self.cfg.export:
             self._export(engine)
             summary["export"] = str(self.run_dir / "export")
+        if d.is_main:
+            runinfo.write_exit(self.run_dir, "finished", step)
         log.close()
-        return summary if d.is_main else None
+        return summary
+
+    def _resume(self, engine, tag: str | None, micro: int) -> tuple[int, int, dict | None, str | None]:
+        """(step, samples seen, this rank's data position or None, a message) from checkpoint ``tag``."""
+        if tag is None:
+            return 0, 0, None, None
+        # Checkpoints leave frozen parameters out (a ZeRO-3 verifier comes from its own files), so a module that
+        # has some cannot be matched strictly; its trainable weights come from the optimizer partitions.
+        frozen = any(not p.requires_grad for p in engine.module.parameters())
+        _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag, load_module_strict=not frozen)
+        step, samples, d = client["step"], client["samples"], self.dist
+        saved = client["data"][0]
+        note = f"resumed from {self.ckpt_dir / tag} at step {step}"
+        if (saved["world_size"], saved["num_workers"]) == (d.world_size, max(1, self.data_cfg.num_workers)):
+            return step, samples, client["data"][d.rank], note
+        stream = ShardStream(self.data_cfg.train, micro, d.rank, d.world_size, self.data_cfg.num_workers,
+                             self.data_cfg.seed, self.data_cfg.shuffle)
+        note += (f" on a new layout ({saved['world_size']} -> {d.world_size} ranks, {saved['num_workers']} -> "
+                 f"{stream.workers} workers per rank): the data stream continues from sample {samples}, each worker "
+                 f"as far into that epoch as its share of it")
+        return step, samples, stream.position_after(samples), note
+
+    def _save(self, engine, step: int, samples: int, data_state: dict) -> float:
+        states = [None] * self.dist.world_size
+        dist.all_gather_object(states, data_state)
+        client = {"step": step, "samples": samples, "world_size": self.dist.world_size, "data": states,
+                  "seed": self.seed}
+        return checkpoint.save(engine, self.ckpt_dir, step, client, self.cfg.keep_last, self.dist.is_main)
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        flag = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _non_finite(self, engine, step: int, samples: int, step_start: dict, skipped: int) -> None:
+        """A micro-batch gave a non-finite loss on some rank: stop with a checkpoint of the last good state, or
+        (``on_nonfinite: skip``) let the caller draw another micro-batch, up to ``max_skipped_batches``."""
+        if self.cfg.on_nonfinite == "skip" and skipped < self.cfg.max_skipped_batches:
+            logging.getLogger("clsd_ds").warning("non-finite loss at step %d: micro-batch skipped (%d so far)",
+                                                 step + 1, skipped + 1)
+            return
+        if checkpoint.latest_tag(self.ckpt_dir) != checkpoint.tag_for(step):
+            self._save(engine, step, samples, step_start)  # no update was applied: this is the last good state
+        if self.dist.is_main:
+            runinfo.write_exit(self.run_dir, "nonfinite", step)
+        raise FloatingPointError(
+            f"non-finite loss in step {step + 1} (after {skipped} skipped micro-batches); the state before it is "
+            f"saved in {self.ckpt_dir / checkpoint.tag_for(step)} (set train.on_nonfinite=skip to skip such batches)")
 
     def _export(self, engine) -> None:
         if engine.zero_optimization_partition_weights():

@@ -59,11 +59,13 @@ class Accumulator:
 
 
 class MetricsLog:
-    """Rank 0 writes ``metrics.jsonl`` (appending across restarts), shows tqdm and logs to wandb."""
+    """Rank 0 writes ``metrics.jsonl`` (appending across restarts, each record with its ``restart`` number),
+    shows tqdm and logs to wandb (a requeued job continues the same wandb run)."""
 
     def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool,
-                 wandb_cfg=None, config: dict | None = None):
+                 wandb_cfg=None, config: dict | None = None, restart: int = 0):
         self.enabled = enabled
+        self.restart = restart
         self.bar = None
         self.wandb = None
         if not enabled:
@@ -79,7 +81,7 @@ class MetricsLog:
     def log(self, step: int, metrics: dict, kind: str = "train") -> None:
         if not self.enabled:
             return
-        record = {"kind": kind, "step": step, "time": round(time.time(), 3), **metrics}
+        record = {"kind": kind, "step": step, "time": round(time.time(), 3), "restart": self.restart, **metrics}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.wandb is not None:

@@ -27,6 +27,7 @@ from .distributed import init_distributed
 from . import checkpoint
 from .lm import LMTask
 from .loop import LogConfig, OptimConfig, Trainer, TrainConfig, compute_dtype, read_ds_config
+from .preemption import StopRequest
 from .stage_a import StageATask
 from .stage_c import StageCConfig, StageCTask
 
@@ -103,8 +104,13 @@ def run(cfg: RunConfig) -> dict:
             ds_config.get("zero_optimization", {}).get("stage", 0) != 3:
         raise ConfigError(f"stage_c.placement=zero3 partitions the verifier with ZeRO-3, but {cfg.train.ds_config} "
                           f"is not a ZeRO stage 3 config")
+    stop = StopRequest()  # from here on a stop signal waits for the first step boundary instead of killing us
     dist_info = init_distributed()
     dtype = compute_dtype(ds_config)
     task = build_task(cfg, dtype, dist_info.device)
-    trainer = Trainer(task, cfg.run_dir, cfg.seed, cfg.data, cfg.optim, cfg.train, cfg.log, dist_info, to_dict(cfg))
-    return trainer.run()
+    trainer = Trainer(task, cfg.run_dir, cfg.seed, cfg.data, cfg.optim, cfg.train, cfg.log, dist_info, to_dict(cfg),
+                      stop)
+    try:
+        return trainer.run()
+    finally:
+        stop.close()
