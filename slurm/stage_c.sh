@@ -2,7 +2,8 @@
 # Stage C on a Slurm cluster (8 GPUs per node by default), from a Stage A run:
 #   CONFIG=configs/stage_c_9b.yaml OVERRIDES="verifier.path=/models/Qwen3.5-9B init_from=runs/stage_a_9b" \
 #       sbatch --nodes=2 slurm/stage_c.sh
-# The run resumes by itself from <run_dir>/checkpoints when resubmitted (init_from only seeds a fresh run).
+# Submit from the repository root with its environment active. The run resumes by itself from
+# <run_dir>/checkpoints when resubmitted or requeued (init_from only seeds a fresh run).
 #SBATCH --job-name=clsd-stage-c
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
@@ -11,6 +12,8 @@
 #SBATCH --time=24:00:00
 #SBATCH --output=slurm-%x-%j.out
 #SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@300
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 CONFIG=${CONFIG:-configs/stage_c_9b.yaml} exec slurm/run_train.sh "$@"
