@@ -93,12 +93,9 @@ def stage_a_checkpoint_only(stage_a_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def replicate_run(stage_a_checkpoint_only, shards, tmp_path_factory):
     """An 8-step, 2-rank Stage C run (verifier replicated) from the Stage A checkpoint, under torchrun."""
-    from dsruns import stage_c_config
+    from dsruns import stage_c_run
 
-    tmp = tmp_path_factory.mktemp("c_rep")
-    cfg = stage_c_config(tmp, "run", shards, stage_a_checkpoint_only, stage_c__placement="replicate")
-    run_cli(["train", "--config", str(cfg)], nproc=2)
-    return tmp / "run"
+    return stage_c_run(tmp_path_factory.mktemp("c_rep"), shards, stage_a_checkpoint_only, "replicate")
 
 
 def run_cli(args: list[str], nproc: int = 1, launcher: str = "torchrun", env: dict | None = None,

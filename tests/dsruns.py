@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import BLOCK, REPO, TINY
+from conftest import BLOCK, REPO, TINY, run_cli
 
 SEED = 11  # Stage A and Stage C runs share it, so they build the same random-init verifier
 C_STEPS, C_SAVE_EVERY = 8, 4  # Stage C test runs
@@ -44,6 +44,13 @@ def stage_c_config(tmp: Path, name: str, shards: Path, init_from: Path, **extra)
     """``write_config`` for a Stage C run ``tmp/name`` starting from ``init_from``."""
     return write_config(tmp / f"{name}.yaml", tmp / name, shards, stage="c", init_from=str(init_from),
                         train__steps=C_STEPS, train__save_every=C_SAVE_EVERY, **extra)
+
+
+def stage_c_run(tmp: Path, shards: Path, init_from: Path, placement: str) -> Path:
+    """An uninterrupted 2-rank Stage C run ``tmp/run`` under torchrun; returns its run directory."""
+    cfg = stage_c_config(tmp, "run", shards, init_from, stage_c__placement=placement)
+    run_cli(["train", "--config", str(cfg)], nproc=2)
+    return tmp / "run"
 
 
 def records(run_dir: Path, kind: str = "train") -> dict[int, dict]:

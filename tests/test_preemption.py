@@ -63,9 +63,9 @@ def signalled_run(shards, tmp_path_factory):
     """A 2-rank torchrun run whose rank 1 gets SIGUSR1 once a random step has been logged."""
     tmp = tmp_path_factory.mktemp("signalled")
     run_dir = tmp / "run"
-    cfg = write_config(tmp / "a.yaml", run_dir, shards)
+    cfg = write_config(tmp / "a.yaml", run_dir, shards, log__wandb=True)
     at_step = random.Random().randrange(2, STEPS - 1)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", WANDB_MODE="offline")
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.Popen([torchrun, "--nproc_per_node", "2", "--master_port", "29631", "-m", "clsd_ds", "train",
                              "--config", str(cfg)], cwd=REPO, env=env, start_new_session=True,
@@ -122,6 +122,9 @@ def test_relaunch_after_signal_continues_exactly(stage_a_run, resumed_after_sign
     assert {r["restart"] for r in logged if r["kind"] == "train" and r["step"] > stopped} == {1}
     assert json.loads((run_dir / "exit.json").read_text())["reason"] == "finished"
     assert all((run_dir / "logs" / f"rank{r}.log").is_file() for r in (0, 1))
+    wandb_id = (run_dir / "wandb_id").read_text().strip()
+    wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2 and all(p.name.endswith(f"-{wandb_id}") for p in wandb_runs)  # one wandb run
 
 
 def test_report_marks_the_restart(resumed_after_signal, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from conftest import TINY, run_cli
 from dsruns import C_SAVE_EVERY as SAVE_EVERY
 from dsruns import C_STEPS as STEPS
-from dsruns import SEED, kill_after_checkpoint, records, stage_c_config, train_losses
+from dsruns import SEED, kill_after_checkpoint, records, stage_c_config, stage_c_run, train_losses
 
 from clsd_ds.dit import DiTConfig, load_dit
 from clsd_ds.train.run import RunConfig, initial_dit
@@ -15,10 +15,7 @@ from clsd_ds.verifier import Verifier, VerifierConfig
 
 @pytest.fixture(scope="module")
 def zero3_run(stage_a_checkpoint_only, shards, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("c_z3")
-    cfg = stage_c_config(tmp, "run", shards, stage_a_checkpoint_only, stage_c__placement="zero3")
-    run_cli(["train", "--config", str(cfg)], nproc=2)
-    return tmp / "run"
+    return stage_c_run(tmp_path_factory.mktemp("c_z3"), shards, stage_a_checkpoint_only, "zero3")
 
 
 def test_init_from_export_or_checkpoint_gives_the_stage_a_weights(stage_a_run, stage_a_checkpoint_only):
