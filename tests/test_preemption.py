@@ -139,34 +139,37 @@ def test_report_marks_the_restart(resumed_after_signal, tmp_path):
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
 
 
-def test_kill_during_save_resumes_from_the_previous_checkpoint(stage_a_run, shards, tmp_path):
-    reference, _ = stage_a_run
+def run_with_fault(shards, tmp_path, fault: str):
+    """A 2-rank run of the reference config under ``CLSD_FAULT=fault``; it must fail. (run dir, config, process)"""
     run_dir = tmp_path / "run"
     cfg = write_config(tmp_path / "a.yaml", run_dir, shards)
-    crashed = run_cli(["train", "--config", str(cfg)], nproc=2, env={"CLSD_FAULT": "kill_in_save:8"}, check=False)
-    assert crashed.returncode != 0
+    failed = run_cli(["train", "--config", str(cfg)], nproc=2, env={"CLSD_FAULT": fault}, check=False)
+    assert failed.returncode != 0
+    return run_dir, cfg, failed
+
+
+def relaunch_matches_reference(reference, run_dir, cfg, resumed_from: int) -> None:
+    resumed = run_cli(["train", "--config", str(cfg)], nproc=2)
+    assert resume_message(run_dir, resumed_from) in resumed.stdout + resumed.stderr
+    assert_resumed_exactly(reference, run_dir, resumed_from)
+
+
+def test_kill_during_save_resumes_from_the_previous_checkpoint(stage_a_run, shards, tmp_path):
+    run_dir, cfg, _ = run_with_fault(shards, tmp_path, "kill_in_save:8")
     ckpts = run_dir / "checkpoints"
     assert (ckpts / tag_for(8)).is_dir() and not (ckpts / tag_for(8) / COMPLETE).exists()  # files, no marker
     assert (ckpts / "latest").read_text() == tag_for(4)
-    resumed = run_cli(["train", "--config", str(cfg)], nproc=2)
-    assert resume_message(run_dir, 4) in resumed.stdout + resumed.stderr
-    assert_resumed_exactly(reference, run_dir, 4)
+    relaunch_matches_reference(stage_a_run[0], run_dir, cfg, 4)
     assert (ckpts / tag_for(8) / COMPLETE).is_file()
 
 
 def test_nan_loss_stops_with_the_last_good_step_and_resumes_exactly(stage_a_run, shards, tmp_path):
-    reference, _ = stage_a_run
-    run_dir = tmp_path / "run"
-    cfg = write_config(tmp_path / "a.yaml", run_dir, shards)
-    failed = run_cli(["train", "--config", str(cfg)], nproc=2, env={"CLSD_FAULT": "nan_loss:6"}, check=False)
-    assert failed.returncode != 0
+    run_dir, cfg, failed = run_with_fault(shards, tmp_path, "nan_loss:6")
     assert "FloatingPointError: non-finite loss in step 6" in failed.stdout + failed.stderr
     assert json.loads((run_dir / "exit.json").read_text()) | {"time": None} == \
         {"reason": "nonfinite", "step": 5, "time": None}
     assert (run_dir / "checkpoints" / "latest").read_text() == tag_for(5)
-    resumed = run_cli(["train", "--config", str(cfg)], nproc=2)
-    assert resume_message(run_dir, 5) in resumed.stdout + resumed.stderr
-    assert_resumed_exactly(reference, run_dir, 5)
+    relaunch_matches_reference(stage_a_run[0], run_dir, cfg, 5)
 
 
 def test_nan_loss_skip_draws_another_batch_and_counts_it(stage_a_run, shards, tmp_path):
