@@ -3,15 +3,19 @@
 import gzip
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections import Counter
 from itertools import islice
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
-from conftest import BLOCK, PREFIX, make_shards
+from conftest import BLOCK, PREFIX, REPO, make_shards
 from torch.utils.data import DataLoader
 
 from clsd_ds.config import ConfigError
@@ -110,6 +114,27 @@ def test_resume_continues_exactly(shards, cross_epoch):
     assert [k for k, _ in resumed] == [k for k, _ in reference[stop:]]
     assert all(torch.equal(x, y) for (_, x), (_, y) in zip(resumed, reference[stop:]))
     assert any(p[0] >= 1 for p in state["workers"].values()) == cross_epoch
+
+
+def test_dropped_loaders_do_not_hold_up_the_exit(shards):
+    """Workers ignore SIGTERM, so DataLoader's own shutdown cannot stop one; unclosed loaders must still let the
+    interpreter exit, leaving no worker behind."""
+    script = (f"import multiprocessing\n"
+              f"from clsd_ds.data.reader import DataConfig, ShardLoader\n"
+              f"cfg = DataConfig(train={str(shards / 'train')!r}, num_workers=2)\n"
+              f"pids = set()\n"
+              f"for _ in range(3):\n"
+              f"    loader = ShardLoader(cfg, cfg.train, 4, 0, 1)\n"  # the last one is still alive at exit
+              f"    next(loader)\n"
+              f"    pids |= {{p.pid for p in multiprocessing.active_children()}}\n"
+              f"print(*sorted(pids))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    workers = [int(pid) for pid in done.stdout.split()]
+    assert len(workers) >= 2
+    alive = [pid for pid in workers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not alive
 
 
 def test_resume_needs_the_same_layout(shards):

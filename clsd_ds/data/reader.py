@@ -192,8 +192,8 @@ class ShardLoader:
     """A rank's training batches (via DataLoader workers) and the position to resume them exactly.
 
     The workers ignore SIGUSR1/SIGTERM (Slurm signals every process of a job step; the training process decides
-    when to stop), so they cannot be terminated by a signal: ``close`` asks them to finish and kills stragglers,
-    and runs by itself at interpreter exit.
+    when to stop), so DataLoader's own shutdown cannot terminate a straggler: ``close`` asks them to finish and
+    kills stragglers, and runs by itself when the loader is dropped and at interpreter exit.
     """
 
     def __init__(self, cfg: DataConfig, directory: str, batch_size: int, rank: int, world_size: int,
@@ -220,6 +220,9 @@ class ShardLoader:
             w.join(timeout=10)
             if w.is_alive():
                 w.kill()
+
+    def __del__(self):
+        self.close()
 
     def __iter__(self):
         return self
