@@ -211,7 +211,7 @@ class ShardLoader:
         _OPEN_LOADERS.add(self)
 
     def close(self) -> None:
-        it, self._it = self._it, None
+        it, self._it = getattr(self, "_it", None), None  # None: closed, or __init__ failed
         if it is None:
             return
         workers = list(getattr(it, "_workers", []))  # torch's iterator keeps its worker processes here
