@@ -191,9 +191,9 @@ _OPEN_LOADERS: "weakref.WeakSet[ShardLoader]" = weakref.WeakSet()
 class ShardLoader:
     """A rank's training batches (via DataLoader workers) and the position to resume them exactly.
 
-    The workers ignore SIGUSR1/SIGTERM (Slurm signals every process of a job step; the training process decides
-    when to stop), so DataLoader's own shutdown cannot terminate a straggler: ``close`` asks them to finish and
-    kills stragglers, and runs by itself when the loader is dropped and at interpreter exit.
+    The workers ignore SIGUSR1 (Slurm may signal every process of a job step; the training process decides when
+    to stop). ``close`` asks them to finish and kills stragglers; it runs by itself when the loader is dropped
+    and at interpreter exit.
     """
 
     def __init__(self, cfg: DataConfig, directory: str, batch_size: int, rank: int, world_size: int,

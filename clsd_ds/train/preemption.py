@@ -39,6 +39,6 @@ class StopRequest:
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """DataLoader workers leave stop signals to the training process (Slurm signals every process of a step)."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    """DataLoader workers leave SIGUSR1 to the training process (Slurm may signal every process of a step). They
+    keep SIGTERM: DataLoader's shutdown terminates stragglers with it, and ignoring it can hang the exit."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
