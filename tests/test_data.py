@@ -117,8 +117,8 @@ def test_resume_continues_exactly(shards, cross_epoch):
 
 
 def test_dropped_loaders_do_not_hold_up_the_exit(shards):
-    """Workers ignore SIGTERM, so DataLoader's own shutdown cannot stop one; unclosed loaders must still let the
-    interpreter exit, leaving no worker behind."""
+    """Unclosed loaders let the interpreter exit, leaving no worker behind (the workers ignore SIGTERM from
+    anyone but their parent, so the parent's shutdown must still end them)."""
     script = (f"import multiprocessing\n"
               f"from clsd_ds.data.reader import DataConfig, ShardLoader\n"
               f"cfg = DataConfig(train={str(shards / 'train')!r}, num_workers=2)\n"

@@ -1,9 +1,10 @@
 """Stopping and resuming for real, against the uninterrupted 12-step, 2-rank ZeRO-3 run (``stage_a_run``).
 
-- SIGUSR1 to one rank at a random step: all ranks checkpoint at that step boundary and exit; the relaunch's
+- SIGUSR1 to one rank at a random step (SIGTERM to the ranks' helper processes): all ranks checkpoint at that step boundary and exit; the relaunch's
   losses and final weights equal the uninterrupted run's; ``report`` shows the restart.
 - SIGKILL in the middle of a save (fault injection): the resume uses the previous checkpoint.
 - A NaN loss: the run stops with a checkpoint of the last good step and resumes exactly; or skips the batch.
+- DataLoader workers ignore a SIGTERM sent by anyone but their parent (Slurm signals every process of a step).
 - The 2-rank ZeRO-3 checkpoint on 1 rank (DeepSpeed universal checkpoint): the same model, and training goes on.
 """
 
@@ -25,6 +26,7 @@ from dsruns import records, train_losses, write_config
 
 from clsd_ds.dit import load_dit
 from clsd_ds.train.checkpoint import COMPLETE, tag_for
+from clsd_ds.train.preemption import leave_stop_signals_to_the_trainer
 
 STEPS = 12
 
@@ -60,7 +62,8 @@ def resume_message(run_dir, step: int) -> str:
 
 @pytest.fixture(scope="module")
 def signalled_run(shards, tmp_path_factory):
-    """A 2-rank torchrun run whose rank 1 gets SIGUSR1 once a random step has been logged."""
+    """A 2-rank torchrun run whose rank 1 gets SIGUSR1 once a random step has been logged, and the ranks' helper
+    processes SIGTERM: DataLoader workers (must leave it to their rank) and wandb's service (exits on it)."""
     tmp = tmp_path_factory.mktemp("signalled")
     run_dir = tmp / "run"
     cfg = write_config(tmp / "a.yaml", run_dir, shards, log__wandb=True)
@@ -76,9 +79,13 @@ def signalled_run(shards, tmp_path_factory):
             assert proc.poll() is None, proc.stdout.read()[-4000:]
             assert time.time() < deadline, "timed out waiting for the step"
             time.sleep(0.02)
-        rank1 = [p for p in psutil.Process(proc.pid).children() if p.environ().get("RANK") == "1"]
-        assert len(rank1) == 1
-        rank1[0].send_signal(signal.SIGUSR1)
+        ranks = {p.environ().get("RANK"): p for p in psutil.Process(proc.pid).children()}
+        helpers = [h for rank in ranks.values() for h in rank.children(recursive=True)]
+        assert set(ranks) == {"0", "1"} and sum(h.name() == "wandb-core" for h in helpers) == 1
+        assert sum(h.name() != "wandb-core" for rank in ranks.values() for h in rank.children()) >= 4  # DataLoader
+        ranks["1"].send_signal(signal.SIGUSR1)
+        for helper in helpers:  # as Slurm's TERM to every process of a step would
+            helper.send_signal(signal.SIGTERM)
         sent = time.time()
         output, _ = proc.communicate(timeout=300)
         exit_s = time.time() - sent
@@ -96,6 +103,7 @@ def test_signal_to_one_rank_checkpoints_all_and_exits_for_requeue(signalled_run)
     stopped = exit_record["step"]
     assert at_step <= stopped < STEPS  # the step in flight when the signal came is finished first
     assert "stop requested (" in output and f"checkpoint at step {stopped} saved" in output
+    assert "wandb logging stopped for this launch" in output  # its service was TERMed: the run goes on without it
     assert '"exit": "requeue"' in output  # rank 0's summary; both ranks then exit 75
     assert returncode != 0 and "exitcode  : 75" in output  # torchrun reports its workers' exit code
     assert (run_dir / "checkpoints" / "latest").read_text() == tag_for(stopped)
@@ -208,3 +216,31 @@ def test_two_rank_zero3_checkpoint_resumes_on_one_rank(stage_a_run, tmp_path):
     assert lr_after(cfg["optim"], total=STEPS, steps=STEPS) == pytest.approx(records(reference)[STEPS]["lr"], rel=1e-6)
     assert logged[13]["lr"] == pytest.approx(lr_after(cfg["optim"], total=14, steps=13), rel=1e-6)
     assert json.loads((run_dir / "checkpoints" / tag_for(14) / COMPLETE).read_text())["world_size"] == 1
+
+
+def _worker(ready) -> None:
+    leave_stop_signals_to_the_trainer()
+    ready.set()
+    time.sleep(120)
+
+
+def test_workers_obey_sigterm_only_from_their_parent():
+    """Slurm's TERM to the whole step must not end a DataLoader worker under a training process that is about to
+    checkpoint; DataLoader's shutdown and the interpreter's exit (``terminate()`` by the parent) must."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # as DataLoader's workers on Linux
+    ready = ctx.Event()
+    worker = ctx.Process(target=_worker, args=(ready,), daemon=True)
+    worker.start()
+    try:
+        assert ready.wait(30)
+        for sig in ("TERM", "USR1", "TERM"):
+            subprocess.run(["kill", f"-{sig}", str(worker.pid)], check=True)  # from another process
+        time.sleep(1)
+        assert worker.is_alive()
+        worker.terminate()  # from the parent
+        worker.join(10)
+        assert worker.exitcode == -signal.SIGTERM
+    finally:
+        worker.kill()

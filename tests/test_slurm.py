@@ -1,9 +1,11 @@
 """``sbatch slurm/stage_c.sh`` on a real one-node Slurm (Debian's slurm-wlm + munge, started by the test as root).
 
-The job runs the tiny Stage C config as 2 srun tasks. Once it has trained a few steps it gets SIGUSR1 on its
-batch shell only — the path of ``--signal=B:USR1@300`` ahead of a time limit — which the job script forwards
-to srun; the run checkpoints and exits 75, the script requeues the job, Slurm starts it again
-(SLURM_RESTART_COUNT=1) and the run resumes: its final weights must equal the uninterrupted run's.
+The job runs the tiny Stage C config as 2 srun tasks. Once it has trained a few steps it is signalled, either
+- SIGUSR1 on its batch shell only — the path of ``--signal=B:USR1@300`` ahead of a time limit — which the job
+  script forwards to srun, or
+- SIGTERM to every process of the training step (ranks, DataLoader workers, wandb's service), as preemption does;
+then the run checkpoints and exits 75, the script requeues the job, Slurm starts it again (SLURM_RESTART_COUNT=1)
+and the run resumes: its final weights must equal the uninterrupted run's.
 Skipped (with the reason) where Slurm cannot run: not root, or slurm-wlm/munge neither installed nor installable.
 """
 
@@ -34,11 +36,14 @@ def slurm():
     shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.parametrize("scancel, signal", [(["--signal=USR1", "--batch"], "USR1"), (["--signal=TERM"], "TERM")],
+                         ids=["time-limit", "preemption"])
 def test_stage_c_job_is_signalled_requeued_and_ends_as_the_uninterrupted_run(
-        slurm, replicate_run, stage_a_checkpoint_only, shards, tmp_path):
+        slurm, replicate_run, stage_a_checkpoint_only, shards, tmp_path, scancel, signal):
     cfg = stage_c_config(tmp_path, "run", shards, stage_a_checkpoint_only, stage_c__placement="replicate")
     run_dir = tmp_path / "run"
     env = {"CONFIG": str(cfg), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "offline",
+           "OVERRIDES": "log.wandb=true",
            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     # 2 tasks of 1 CPU each and no GPUs on this node; everything else as the script says
     job = slurm.sbatch(["--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=30",
@@ -49,17 +54,18 @@ def test_stage_c_job_is_signalled_requeued_and_ends_as_the_uninterrupted_run(
         assert slurm.job(job).get("JobState") in ("PENDING", "RUNNING"), output.read_text()
         assert time.time() < deadline, "the job did not reach step 2"
         time.sleep(0.2)
-    slurm.run(["scancel", "--signal=USR1", "--batch", job])
+    slurm.run(["scancel", *scancel, job])
 
     info = slurm.wait(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=600)
     log = output.read_text()
     assert info["JobState"] == "COMPLETED", log
     assert info["Restarts"] == "1", log
-    assert "[slurm] SIGUSR1 received" in log and f"requeueing job {job}" in log
+    assert ("[slurm] SIGUSR1 received" in log) == (signal == "USR1") and f"requeueing job {job}" in log
     starts = json.loads((run_dir / "meta.json").read_text())["starts"]
     assert [(s["slurm_job_id"], s["slurm_restart_count"], s["launcher"], s["world_size"]) for s in starts] == \
         [(job, None, "slurm", 2), (job, "1", "slurm", 2)]
-    assert "stop requested (SIGUSR1): checkpoint at step" in log and "resumed from" in log
+    assert f"stop requested (SIG{signal}): checkpoint at step" in log and "resumed from" in log
+    assert ("wandb logging stopped for this launch" in log) == (signal == "TERM")  # wandb-core exits on TERM
     exit_record = json.loads((run_dir / "exit.json").read_text())
     assert exit_record["reason"] == "finished" and exit_record["step"] == C_STEPS
     assert same_weights(replicate_run, run_dir)

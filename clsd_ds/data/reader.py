@@ -14,10 +14,8 @@ already taken, and rotates worker ids so the round-robin resumes where it stoppe
 
 from __future__ import annotations
 
-import atexit
 import logging
 import random
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -27,7 +25,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import ConfigError
-from ..train.preemption import ignore_stop_signals
+from ..train.preemption import leave_stop_signals_to_the_trainer
 from .format import Manifest, ShardError, decode_sample
 
 log = logging.getLogger("clsd_ds.data")
@@ -185,15 +183,12 @@ class ShardStream(IterableDataset):
         return batch
 
 
-_OPEN_LOADERS: "weakref.WeakSet[ShardLoader]" = weakref.WeakSet()
-
-
 class ShardLoader:
     """A rank's training batches (via DataLoader workers) and the position to resume them exactly.
 
-    The workers ignore SIGUSR1 (Slurm may signal every process of a job step; the training process decides when
-    to stop). ``close`` asks them to finish and kills stragglers; it runs by itself when the loader is dropped
-    and at interpreter exit.
+    The workers leave Slurm's signals (sent to every process of a job step) to the training process, which decides
+    when to stop (``leave_stop_signals_to_the_trainer``). ``close`` ends them now (dropping the loader ends them
+    too, when it is collected).
     """
 
     def __init__(self, cfg: DataConfig, directory: str, batch_size: int, rank: int, world_size: int,
@@ -206,23 +201,15 @@ class ShardLoader:
         self.skipped = {}
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers,
                                  pin_memory=pin_memory, prefetch_factor=4 if cfg.num_workers else None,
-                                 worker_init_fn=ignore_stop_signals if cfg.num_workers else None)
+                                 worker_init_fn=leave_stop_signals_to_the_trainer if cfg.num_workers else None)
         self._it = iter(self.loader)
-        _OPEN_LOADERS.add(self)
 
     def close(self) -> None:
-        it, self._it = getattr(self, "_it", None), None  # None: closed, or __init__ failed
-        if it is None:
-            return
-        workers = list(getattr(it, "_workers", []))  # torch's iterator keeps its worker processes here
-        del it  # the iterator's finalizer asks the workers to finish
-        for w in workers:
-            w.join(timeout=10)
-            if w.is_alive():
-                w.kill()
-
-    def __del__(self):
-        self.close()
+        """Ends the workers now rather than whenever the iterator is collected: torch's own shutdown (the workers
+        finish, stragglers are terminated by this process, which they obey)."""
+        it, self._it = self._it, None
+        if hasattr(it, "_shutdown_workers"):  # a multi-worker iterator
+            it._shutdown_workers()
 
     def __iter__(self):
         return self
@@ -257,9 +244,3 @@ def eval_batches(directory: str, batch_size: int, rank: int, world_size: int, li
         if len(out) == limit:
             break
     return out
-
-
-@atexit.register
-def _close_open_loaders() -> None:  # runs before multiprocessing's exit handler, which would wait for them
-    for loader in list(_OPEN_LOADERS):
-        loader.close()

@@ -316,6 +316,7 @@ class Trainer:
                     log.write(f"stop requested ({self.stop.received or 'another rank'}): checkpoint at step {step} "
                               f"saved, exiting for a requeue")
                     log.close()
+                    dist.barrier()  # leave together: the first rank to exit makes srun signal the others
                     return summary
         finally:
             loader.close()

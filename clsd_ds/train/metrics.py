@@ -84,8 +84,8 @@ class MetricsLog:
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), "restart": self.restart, **metrics}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self.wandb is not None:
-            self.wandb.log({f"{kind}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        self._to_wandb("log", {f"{kind}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                       step=step)
         if self.bar is not None and kind == "train":
             shown = {k: metrics[k] for k in ("loss", "tok_s") if k in metrics}
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
@@ -105,8 +105,19 @@ class MetricsLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        self._to_wandb("finish")
+
+    def _to_wandb(self, method: str, *args, **kwargs) -> None:
+        """wandb's service process may be gone: Slurm's SIGTERM reaches every process of a job step and wandb-core
+        exits on it (wandb/wandb#9963). The run then goes on to its checkpoint with wandb off until the restart,
+        which continues the same wandb run; ``metrics.jsonl`` keeps every record."""
+        if self.wandb is None:
+            return
+        try:
+            getattr(self.wandb, method)(*args, **kwargs)
+        except Exception as e:
+            self.wandb = None
+            self.write(f"wandb logging stopped for this launch ({type(e).__name__}: {e}); metrics.jsonl goes on")
 
 
 def _start_wandb(run_dir: Path, cfg, config: dict | None):

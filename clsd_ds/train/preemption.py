@@ -7,7 +7,9 @@ saves a checkpoint, writes ``exit.json`` and exits with ``EXIT_REQUEUE`` so that
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 
 import torch
 import torch.distributed as dist
@@ -21,6 +23,7 @@ class StopRequest:
 
     def __init__(self):
         self.received: str | None = None
+        self.agreed = False  # some rank was signalled, and every rank knows it
         self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
 
     def _handle(self, signum, frame) -> None:
@@ -31,14 +34,30 @@ class StopRequest:
         flag = torch.tensor([1 if self.received else 0], device=device)
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        self.agreed = bool(flag.item())
+        return self.agreed
 
     def close(self) -> None:
+        """Restores the previous handlers; after an agreed stop this process is on its way out with
+        ``EXIT_REQUEUE``, and later signals are ignored instead: srun ends a step with SIGTERM as soon as its
+        first task has exited (``--kill-on-bad-exit``), and preemption may signal more than once."""
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if self.agreed else handler)
 
 
-def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """DataLoader workers leave SIGUSR1 to the training process (Slurm may signal every process of a step). They
-    keep SIGTERM: DataLoader's shutdown terminates stragglers with it, and ignoring it can hang the exit."""
+def leave_stop_signals_to_the_trainer(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``. Slurm signals every process of a job step, but stopping is the training
+    process's decision: a worker ignores SIGUSR1, and SIGTERM unless its parent sent it (DataLoader's shutdown and
+    the interpreter's exit end workers that way, so those still work)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the trainer's flag-setting handler inherited by fork
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
+    threading.Thread(target=_obey_sigterm_from_parent, args=(os.getppid(),), daemon=True,
+                     name="sigterm-from-parent").start()
+
+
+def _obey_sigterm_from_parent(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    signal.raise_signal(signal.SIGTERM)  # default action: the worker ends as terminate() expects
