@@ -122,6 +122,20 @@ class Verifier:
         return h[torch.arange(h.shape[0], device=h.device), lengths.to(h.device) - 1]
 
 
+def nearest_tokens(x: torch.Tensor, embedding: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """argmin_v ||x - E_v||² for every vector of x [..., d], scanning the vocabulary in chunks."""
+    flat = x.reshape(-1, x.shape[-1]).float()
+    best = torch.full((flat.shape[0],), float("inf"), device=x.device)
+    index = torch.zeros(flat.shape[0], dtype=torch.long, device=x.device)
+    for start in range(0, embedding.shape[0], chunk):
+        e = embedding[start:start + chunk].float()
+        dist = e.pow(2).sum(-1)[None] - 2 * flat @ e.T  # ||x||² is the same for every candidate
+        value, arg = dist.min(-1)
+        better = value < best
+        best, index = torch.where(better, value, best), torch.where(better, arg + start, index)
+    return index.view(x.shape[:-1])
+
+
 def load_tokenizer(path: str):
     """The verifier's tokenizer from a local directory, with a clear error when it is missing."""
     if not Path(path).is_dir():

@@ -20,9 +20,15 @@ from transformers import Qwen3_5ForCausalLM
 
 
 class LayerStates:
-    """Per-layer prefix state; records on first use, read-only afterwards (HF cache protocol subset)."""
+    """Per-layer prefix state; records on first use, read-only afterwards (HF cache protocol subset).
 
-    def __init__(self):
+    ``grow=True`` (decoding) makes every pass extend the state instead: keys and values are appended, the conv
+    window slides, the recurrent matrix is replaced by the pass's final one. Copies made by ``repeat_interleave``
+    (the candidates' shared prefix) are read-only again.
+    """
+
+    def __init__(self, grow: bool = False):
+        self.grow = grow
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.conv: dict[int, torch.Tensor] = {}
@@ -30,10 +36,12 @@ class LayerStates:
 
     # -- attention layers -----------------------------------------------------------------------------
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args, **kwargs):
-        if layer_idx not in self.keys:
+        if layer_idx in self.keys:
+            keys = torch.cat([self.keys[layer_idx], keys], dim=2)
+            values = torch.cat([self.values[layer_idx], values], dim=2)
+        if self.grow or layer_idx not in self.keys:
             self.keys[layer_idx], self.values[layer_idx] = keys, values
-            return keys, values
-        return torch.cat([self.keys[layer_idx], keys], dim=2), torch.cat([self.values[layer_idx], values], dim=2)
+        return keys, values
 
     # -- Gated DeltaNet layers ------------------------------------------------------------------------
     def get_conv_state(self, layer_idx: int, state_idx: int = 0):
@@ -46,16 +54,17 @@ class LayerStates:
         return True  # keeps HF on its general path for 1-token passes (its 1-token path writes the conv state)
 
     def update_conv_state(self, conv_input: torch.Tensor, layer_idx: int, conv_kernel_size: int, **kwargs):
-        """Return the conv input with the prefix's window in front; record the window after a prefix pass."""
-        if layer_idx not in self.conv:
-            window = conv_input[..., -conv_kernel_size:]
+        """Return the conv input with the prefix's window in front; record the (new) window when recording."""
+        full = torch.cat([self.conv[layer_idx], conv_input], dim=-1) if layer_idx in self.conv else conv_input
+        if self.grow or layer_idx not in self.conv:
+            window = full[..., -conv_kernel_size:]
             pad = conv_kernel_size - window.shape[-1]
             self.conv[layer_idx] = torch.nn.functional.pad(window, (pad, 0)) if pad > 0 else window
-            return conv_input
-        return torch.cat([self.conv[layer_idx], conv_input], dim=-1)
+        return full
 
     def update_recurrent_state(self, state: torch.Tensor, layer_idx: int, **kwargs):
-        self.recurrent.setdefault(layer_idx, state)
+        if self.grow or layer_idx not in self.recurrent:
+            self.recurrent[layer_idx] = state
         return state
 
     def repeat_interleave(self, n: int) -> "LayerStates":
@@ -118,9 +127,10 @@ def run_layers(lm: Qwen3_5ForCausalLM, embeds: torch.Tensor, positions: torch.Te
 
 
 @torch.no_grad()
-def prefix_pass(lm: Qwen3_5ForCausalLM, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, LayerStates]:
+def prefix_pass(lm: Qwen3_5ForCausalLM, embeds: torch.Tensor, mask: torch.Tensor,
+                grow: bool = False) -> tuple[torch.Tensor, LayerStates]:
     """Left-aligned prefix embeddings [B, P] (mask: real tokens) -> (final-norm hidden [B, P, d], their states)."""
-    states = LayerStates()
+    states = LayerStates(grow)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     hidden = run_layers(lm, embeds, positions, mask, states, new_mask=mask)
     return hidden, states

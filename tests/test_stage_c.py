@@ -9,7 +9,8 @@ from conftest import BLOCK, tiny_verifier
 from clsd_ds.dit import DiTConfig
 from clsd_ds.flow import FlowConfig
 from clsd_ds.graft import graft
-from clsd_ds.train.stage_c import StageCConfig, StageCModel, beta_at, nearest_tokens
+from clsd_ds.train.stage_c import StageCConfig, StageCModel, beta_at
+from clsd_ds.verifier import nearest_tokens
 
 
 def test_beta_schedule():

@@ -32,7 +32,7 @@ from ..config import ConfigError
 from ..data.format import Manifest
 from ..dit import CausalDiT, save_dit
 from ..flow import FlowConfig, euler_sample
-from ..verifier import Verifier
+from ..verifier import Verifier, nearest_tokens
 from ..verifier_state import continue_pass, full_pass, left_align, prefix_pass
 from .distributed import DistInfo
 from .stage_a import block_flops_per_token
@@ -109,20 +109,6 @@ class StageCModel(nn.Module):
             verifier_acc = (logits.argmax(-1) == block).float()
             nearest_acc = (nearest_tokens(draft, self.embedding) == block).float()
         return loss, ce.detach(), mse.detach(), verifier_acc, nearest_acc
-
-
-def nearest_tokens(x: torch.Tensor, embedding: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """argmin_v ||x - E_v||² for every vector of x [..., d], scanning the vocabulary in chunks."""
-    flat = x.reshape(-1, x.shape[-1]).float()
-    best = torch.full((flat.shape[0],), float("inf"), device=x.device)
-    index = torch.zeros(flat.shape[0], dtype=torch.long, device=x.device)
-    for start in range(0, embedding.shape[0], chunk):
-        e = embedding[start:start + chunk].float()
-        dist = e.pow(2).sum(-1)[None] - 2 * flat @ e.T  # ||x||² is the same for every candidate
-        value, arg = dist.min(-1)
-        better = value < best
-        best, index = torch.where(better, value, best), torch.where(better, arg + start, index)
-    return index.view(x.shape[:-1])
 
 
 class StageCTask:

@@ -1,0 +1,1 @@
+"""Inference: speculative decoding with the CLSD drafter and the frozen verifier."""

@@ -1,0 +1,159 @@
+"""Speculative decoding with the CLSD drafter: draft N blocks, verify them in one batched pass, keep the best prefix.
+
+One cycle, with the verifier's state S after the committed text and h its final-norm hidden at the last token:
+    C = h;  x0^(n) ~ N(0, I) [K, d];  x̂1^(n) = Euler_steps(DiT(·, t, C), x0^(n))        (n = 1..N, one batch)
+    tokens^(n) = nearest rows of E to x̂1^(n) · embed_scale
+    logits^(n) = lm_head([h | verifier(E[tokens^(n)] | S)])   (S replicated N times: one forward for all)
+    (n, a, next) = acceptance rule;  commit tokens^(n)[:a] + [next];  S, h <- verifier(committed | S)
+The state advance recomputes the committed tokens from S (one verifier pass of a + 1 tokens), which is exact for
+both layer kinds; DeltaNet states cannot be cropped like attention keys.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from transformers import Qwen3_5ForCausalLM
+
+from ..config import ConfigError
+from ..dit import CausalDiT
+from ..flow import euler_sample
+from ..verifier import nearest_tokens
+from ..verifier_state import LayerStates, continue_pass, prefix_pass
+from . import acceptance
+
+
+@dataclass
+class DecodeConfig:
+    num_candidates: int = 32
+    block_len: int | None = None  # tokens drafted per candidate; None: the DiT's block_len
+    euler_steps: int = 2
+    acceptance: Literal["exact", "sampling", "guillotine"] = "exact"
+    temperature: float = 1.0  # sampling
+    top_p: float = 1.0  # sampling
+    threshold: float = 0.1  # guillotine: cut at the first token the verifier gives less than this probability
+    max_new_tokens: int = 256
+    seed: int = 0  # drafting noise and sampling uniforms
+
+    def validate(self) -> None:
+        for name in ("num_candidates", "euler_steps", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"field 'decode.{name}': expected a positive integer, got {getattr(self, name)}")
+        if self.block_len is not None and self.block_len < 1:
+            raise ConfigError(f"field 'decode.block_len': expected a positive integer, got {self.block_len}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ConfigError(f"fields 'decode.temperature' / 'decode.top_p': expected T > 0 and 0 < top_p <= 1, "
+                              f"got {self.temperature} / {self.top_p}")
+        if not 0 <= self.threshold <= 1:
+            raise ConfigError(f"field 'decode.threshold': expected a probability, got {self.threshold}")
+
+
+@dataclass
+class DecodeStats:
+    """Per cycle: tokens committed (τ's samples) and the seconds spent drafting, verifying and advancing."""
+
+    accepted: list[int] = field(default_factory=list)
+    draft_s: list[float] = field(default_factory=list)
+    verify_s: list[float] = field(default_factory=list)
+    advance_s: list[float] = field(default_factory=list)
+    prefill_s: float = 0.0
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens committed per cycle (accepted draft tokens + the verifier's own one)."""
+        return sum(self.accepted) / max(len(self.accepted), 1)
+
+    def summary(self) -> dict:
+        cycles = len(self.accepted)
+        total = self.prefill_s + sum(self.draft_s) + sum(self.verify_s) + sum(self.advance_s)
+        return {"cycles": cycles, "tokens": sum(self.accepted), "tau": self.tau,
+                "tokens_per_verifier_call": sum(self.accepted) / max(2 * cycles, 1),  # verify + advance
+                "prefill_s": self.prefill_s, "draft_s": sum(self.draft_s), "verify_s": sum(self.verify_s),
+                "advance_s": sum(self.advance_s), "tok_s": sum(self.accepted) / total if total else 0.0}
+
+
+def check_pair(dit: CausalDiT, lm: Qwen3_5ForCausalLM) -> None:
+    """The drafter must work in this verifier's embedding space and vocabulary."""
+    made_for, v = dit.text_config, lm.config
+    for name in ("hidden_size", "vocab_size"):
+        if getattr(made_for, name) != getattr(v, name):
+            raise ConfigError(f"the drafter was built for a verifier with {name}={getattr(made_for, name)}, this "
+                              f"verifier has {name}={getattr(v, name)}")
+
+
+class SpeculativeDecoder:
+    """Decodes one prompt at a time with a frozen verifier and a CLSD drafter (both in eval mode, no grad)."""
+
+    def __init__(self, lm: Qwen3_5ForCausalLM, dit: CausalDiT, cfg: DecodeConfig):
+        cfg.validate()
+        check_pair(dit, lm)
+        self.lm, self.dit, self.cfg = lm.eval(), dit.eval(), cfg
+        self.K = cfg.block_len or dit.cfg.block_len
+        if self.K > dit.cfg.block_len:
+            raise ConfigError(f"field 'decode.block_len': {self.K} is longer than the drafter's block "
+                              f"({dit.cfg.block_len})")
+        self.embedding = lm.get_input_embeddings().weight
+        self.generator = torch.Generator(device=self.embedding.device).manual_seed(cfg.seed)
+
+    def _pass(self, ids: torch.Tensor, states: LayerStates, length: int) -> torch.Tensor:
+        """Final-norm hidden of ``ids`` [B, T] right after a committed text of ``length`` tokens in ``states``."""
+        B = ids.shape[0]
+        mask = torch.ones(B, length, dtype=torch.bool, device=ids.device)
+        lengths = torch.full((B,), length, device=ids.device)
+        return continue_pass(self.lm, self.lm.get_input_embeddings()(ids), mask, lengths, states)
+
+    def draft(self, cond: torch.Tensor) -> torch.Tensor:
+        """N candidate blocks [N, K] of token ids from one batched DiT sampling conditioned on C [1, d]."""
+        N, d = self.cfg.num_candidates, cond.shape[-1]
+        x0 = torch.randn(N, self.K, d, generator=self.generator, device=cond.device, dtype=self.embedding.dtype)
+        x1 = euler_sample(lambda x, t: self.dit(x, t, cond.expand(N, -1)), x0, self.cfg.euler_steps)
+        return nearest_tokens(x1 * self.dit.cfg.embed_scale, self.embedding)
+
+    def verify(self, tokens: torch.Tensor, states: LayerStates, length: int, h: torch.Tensor) -> torch.Tensor:
+        """Verifier logits [N, K+1, V] for all candidates in one forward from the shared state."""
+        N = tokens.shape[0]
+        hidden = self._pass(tokens, states.repeat_interleave(N), length)
+        return self.lm.lm_head(torch.cat([h.expand(N, 1, -1), hidden], 1)).float()
+
+    def accept(self, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[int, int, int]:
+        cfg = self.cfg
+        if cfg.acceptance == "exact":
+            return acceptance.exact(logits, tokens)
+        if cfg.acceptance == "sampling":
+            u = torch.rand(logits.shape[1], generator=self.generator, device=logits.device, dtype=torch.float64)
+            return acceptance.sampling(logits, tokens, u, cfg.temperature, cfg.top_p)
+        return acceptance.guillotine(logits, tokens, cfg.threshold)
+
+    @torch.no_grad()
+    def generate(self, prompt: list[int], eos_id: int | None = None) -> tuple[list[int], DecodeStats]:
+        """The new tokens after ``prompt`` (ending at EOS, included, or at max_new_tokens) and the cycle stats."""
+        if not prompt:
+            raise ValueError("generate: the prompt needs at least one token (e.g. the document-start token)")
+        stats, device = DecodeStats(), self.embedding.device
+        t = time.perf_counter()
+        ids = torch.tensor([prompt], device=device)
+        hidden, states = prefix_pass(self.lm, self.lm.get_input_embeddings()(ids), torch.ones_like(ids, dtype=bool),
+                                     grow=True)
+        h, length, out = hidden[:, -1:], len(prompt), []
+        stats.prefill_s = time.perf_counter() - t
+        while len(out) < self.cfg.max_new_tokens and (eos_id is None or not out or out[-1] != eos_id):
+            t0 = time.perf_counter()
+            tokens = self.draft(h[:, 0])
+            t1 = time.perf_counter()
+            n, a, nxt = self.accept(self.verify(tokens, states, length, h), tokens)
+            t2 = time.perf_counter()
+            new = tokens[n, :a].tolist() + [nxt]
+            if eos_id is not None and eos_id in new:
+                new = new[: new.index(eos_id) + 1]
+            new = new[: self.cfg.max_new_tokens - len(out)]
+            h = self._pass(torch.tensor([new], device=device), states, length)[:, -1:]
+            length += len(new)
+            out += new
+            stats.accepted.append(len(new))
+            stats.draft_s.append(t1 - t0)
+            stats.verify_s.append(t2 - t1)
+            stats.advance_s.append(time.perf_counter() - t2)
+        return out, stats

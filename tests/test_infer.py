@@ -1,0 +1,196 @@
+"""Speculative decoding on a tiny float64 Qwen3.5 verifier: exactness against HF's greedy ``generate``, the state
+replication and advance against fresh passes, the sampling rule's distribution, the guillotine's threshold, edge
+cases and bad inputs."""
+
+import random
+
+import pytest
+import torch
+from conftest import BLOCK, TINY
+
+from clsd_ds.config import ConfigError
+from clsd_ds.dit import DiTConfig
+from clsd_ds.graft import graft
+from clsd_ds.infer import acceptance
+from clsd_ds.infer.decoder import DecodeConfig, SpeculativeDecoder
+from clsd_ds.verifier import Verifier, VerifierConfig
+from clsd_ds.verifier_state import prefix_pass
+
+V = TINY["vocab_size"]
+# 1 token, around the DeltaNet's 64-token chunks and across two of them
+PROMPT_LENGTHS = [1, 7, 63, 64, 65, 100, 129]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    verifier = Verifier.load(VerifierConfig(random_init=TINY), seed=3)
+    verifier.lm.double()  # float64: no near-ties between the fast paths' and HF's rounding
+    return verifier.lm, graft(verifier, DiTConfig(num_layers=4, block_len=BLOCK))
+
+
+def prompt(length: int, seed: int) -> list[int]:
+    return torch.randint(0, V, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@torch.no_grad()
+def greedy(lm, ids: list[int], n: int) -> list[int]:
+    """Greedy decoding by definition: each token is the argmax of a full forward over the text so far. (HF's
+    ``generate`` picked another token at 130 tokens here, cached or not, where the forward's top two differ by
+    3e-3 in float64: not used as the reference.)"""
+    text = list(ids)
+    for _ in range(n):
+        text.append(int(lm(torch.tensor([text])).logits[0, -1].argmax()))
+    return text[len(ids):]
+
+
+class OracleDrafter(SpeculativeDecoder):
+    """Drafts the reference continuation with one wrong token per candidate at a random place (some none), so
+    that cycles accept long prefixes: the acceptance and the state advance are exercised far beyond one token."""
+
+    def __init__(self, lm, dit, cfg, reference: list[int], seed: int):
+        super().__init__(lm, dit, cfg)
+        self.reference, self.done, self.rng = reference, 0, random.Random(seed)
+
+    def draft(self, cond):
+        rows = []
+        for _ in range(self.cfg.num_candidates):
+            row = (self.reference[self.done:] + [0] * self.K)[: self.K]
+            wrong = self.rng.randrange(self.K + 2)
+            if wrong < self.K:
+                row[wrong] = (row[wrong] + 1) % V
+            rows.append(row)
+        return torch.tensor(rows)
+
+    def accept(self, logits, tokens):
+        n, a, nxt = super().accept(logits, tokens)
+        self.done += a + 1
+        return n, a, nxt
+
+
+@pytest.mark.parametrize("length", PROMPT_LENGTHS)
+def test_exact_mode_is_greedy_decoding(pair, length):
+    lm, dit = pair
+    ids = prompt(length, seed=length)
+    reference = greedy(lm, ids, 40)
+    out, stats = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=3, max_new_tokens=12)).generate(ids)
+    assert out == reference[:12]  # the untrained drafter: mostly one token per cycle
+    oracle = OracleDrafter(lm, dit, DecodeConfig(num_candidates=4, max_new_tokens=40), reference, seed=length)
+    out, stats = oracle.generate(ids)
+    assert out == reference
+    assert stats.tau > 4 and max(stats.accepted) > BLOCK // 2
+
+
+def test_one_candidate_of_one_token(pair):
+    lm, dit = pair
+    ids = prompt(20, seed=1)
+    out, stats = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=1, block_len=1, max_new_tokens=6)).generate(ids)
+    assert out == greedy(lm, ids, 6) and len(stats.accepted) >= 3
+
+
+def test_eos_inside_a_block_ends_the_text(pair):
+    lm, dit = pair
+    ids = prompt(30, seed=2)
+    reference = greedy(lm, ids, 30)
+    eos = reference[9]
+    first = reference.index(eos)
+    oracle = OracleDrafter(lm, dit, DecodeConfig(num_candidates=2, max_new_tokens=30), reference, seed=0)
+    out, _ = oracle.generate(ids, eos_id=eos)
+    assert out == reference[: first + 1]
+
+
+def test_replicated_state_scores_every_candidate_as_its_own_pass(pair):
+    lm, dit = pair
+    ids = prompt(70, seed=3)
+    dec = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=5))
+    embed = lm.get_input_embeddings()
+    hidden, states = prefix_pass(lm, embed(torch.tensor([ids])), torch.ones(1, len(ids), dtype=torch.bool), grow=True)
+    tokens = torch.randint(0, V, (5, BLOCK), generator=torch.Generator().manual_seed(0))
+    logits = dec.verify(tokens, states, len(ids), hidden[:, -1:])
+    for n in range(5):
+        alone = lm(torch.tensor([ids + tokens[n].tolist()])).logits[0, len(ids) - 1:].float()
+        torch.testing.assert_close(logits[n], alone, rtol=1e-6, atol=1e-6)  # float32 logits
+
+
+def test_state_advance_equals_a_fresh_prefill(pair):
+    lm, dit = pair
+    ids = prompt(60, seed=4)
+    more = prompt(30, seed=5)
+    embed = lm.get_input_embeddings()
+    dec = SpeculativeDecoder(lm, dit, DecodeConfig())
+    _, grown = prefix_pass(lm, embed(torch.tensor([ids])), torch.ones(1, 60, dtype=torch.bool), grow=True)
+    dec._pass(torch.tensor([more[:7]]), grown, 60)  # two advances, across the 64-token chunk boundary
+    h = dec._pass(torch.tensor([more[7:]]), grown, 67)
+    full = ids + more
+    hidden, fresh = prefix_pass(lm, embed(torch.tensor([full])), torch.ones(1, len(full), dtype=torch.bool))
+    tol = dict(rtol=1e-5, atol=1e-5)  # HF's torch delta rule runs in float32 whatever the model's dtype
+    torch.testing.assert_close(h[:, -1], hidden[:, -1], **tol)
+    for kind in ("keys", "values", "conv", "recurrent"):
+        mine, theirs = getattr(grown, kind), getattr(fresh, kind)
+        assert mine.keys() == theirs.keys() and mine
+        for i in mine:
+            torch.testing.assert_close(mine[i], theirs[i], **tol)
+
+
+def test_sampling_rule_draws_the_verifiers_distribution():
+    """A Markov 'verifier' over 3 tokens: candidates sharing a context share its distribution. Decode 3 tokens
+    many times with skewed random drafts and compare the frequencies of all 27 texts with the exact probabilities."""
+    g = torch.Generator().manual_seed(0)
+    P = torch.softmax(torch.randn(3, 3, generator=g, dtype=torch.float64) * 1.5, -1)  # P[prev, next]
+    N, K, runs, start = 3, 2, 10000, 0
+    skew = torch.tensor([0.7, 0.2, 0.1])  # drafts unlike the verifier: choosing the longest match must not bias
+    counts = torch.zeros(3, 3, 3)
+    for _ in range(runs):
+        text = [start]
+        while len(text) < 4:
+            tokens = torch.multinomial(skew, N * K, replacement=True, generator=g).view(N, K)
+            context = torch.cat([torch.full((N, 1), text[-1]), tokens], 1)  # the token before each position
+            logits = P[context].log()
+            n, a, nxt = acceptance.sampling(logits, tokens, torch.rand(K + 1, generator=g, dtype=torch.float64),
+                                            temperature=1.0, top_p=1.0)
+            text += tokens[n, :a].tolist() + [nxt]
+        counts[tuple(text[1:4])] += 1
+    exact = torch.tensor([[[P[start, a] * P[a, b] * P[b, c] for c in range(3)] for b in range(3)] for a in range(3)])
+    chi2 = ((counts - runs * exact) ** 2 / (runs * exact)).sum().item()
+    assert chi2 < 55  # 26 degrees of freedom: p < 0.001 beyond 54
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.tensor([[[-1.0, 2.0, 0.0, 1.0]]])  # probabilities 0.032, 0.644, 0.087, 0.237
+    kept = {p: (acceptance.sampling_probs(logits, 1.0, p)[0, 0] > 0).tolist() for p in (0.5, 0.9, 1.0)}
+    assert kept == {0.5: [False, True, False, False], 0.9: [False, True, True, True], 1.0: [True] * 4}
+    probs = acceptance.sampling_probs(logits, 0.5, 0.9)  # temperature first, then the nucleus
+    assert (probs[0, 0] > 0).tolist() == [False, True, False, True]
+    torch.testing.assert_close(probs.sum(-1), torch.ones(1, 1, dtype=torch.float64))
+
+
+def test_guillotine_cuts_at_the_threshold(pair):
+    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.2, 0.8], [0.9, 0.1], [0.6, 0.4]]]))  # N=1, K=3, V=2
+    tokens = torch.tensor([[0, 1, 0]])  # verifier probabilities 0.5, 0.8, 0.9
+    assert acceptance.guillotine(logits, tokens, 0.0) == (0, 3, 0)
+    assert acceptance.guillotine(logits, tokens, 0.6) == (0, 0, 0)
+    assert acceptance.guillotine(logits, tokens, 0.5) == (0, 3, 0)
+    two = torch.cat([logits, logits]), torch.tensor([[0, 1, 0], [1, 0, 1]])  # mean log-prob picks row 0
+    assert acceptance.guillotine(*two, 0.6)[0] == 0
+    lm, dit = pair  # threshold 1 accepts nothing: every token is the verifier's own, i.e. greedy
+    ids = prompt(12, seed=6)
+    out, _ = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=2, acceptance="guillotine", threshold=1.0,
+                                                      max_new_tokens=5)).generate(ids)
+    assert out == greedy(lm, ids, 5)
+
+
+def test_drafter_of_another_verifier_is_refused(pair):
+    lm, _ = pair
+    for field, value in (("hidden_size", 128), ("vocab_size", 400)):
+        other = Verifier.load(VerifierConfig(random_init={**TINY, field: value}), seed=0)
+        with pytest.raises(ConfigError, match=f"{field}={value}.*{field}={TINY[field]}"):
+            SpeculativeDecoder(lm, graft(other, DiTConfig(num_layers=2, block_len=BLOCK)), DecodeConfig())
+
+
+def test_bad_decode_settings_are_named(pair):
+    lm, dit = pair
+    with pytest.raises(ConfigError, match="decode.block_len"):
+        SpeculativeDecoder(lm, dit, DecodeConfig(block_len=BLOCK + 1))
+    with pytest.raises(ConfigError, match="decode.num_candidates"):
+        SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=0))
+    with pytest.raises(ValueError, match="at least one token"):
+        SpeculativeDecoder(lm, dit, DecodeConfig()).generate([])
