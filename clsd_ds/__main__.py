@@ -4,6 +4,8 @@
     report         a run directory's summary and plots (loss, throughput, restarts)
     prepare-data   text -> token-id shards (optionally with C precomputed by the verifier)
     import-seed    the seed's [N, 128, 4096] embedding safetensors -> shards
+    eval           speculative decoding of held-out prompts: τ, time split, speedup over the verifier alone
+    generate       decode one prompt (--prompt TEXT) with the drafter and print the text and τ
     train          a training run (Stage A, Stage C, or the verifier fixture's pretraining); launch it with
                    deepspeed, torchrun, mpirun or srun, or plainly for one process. Exits with 75 when a
                    stop signal (SIGUSR1/SIGTERM) made it checkpoint and stop early: requeue it.
@@ -31,12 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in [("prepare-data", "tokenize text into shards"),
                        ("import-seed", "convert the seed's embedding safetensors into shards"),
-                       ("train", "run a training stage")]:
+                       ("train", "run a training stage"),
+                       ("eval", "measure speculative decoding on held-out prompts"),
+                       ("generate", "decode one prompt with the drafter")]:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", help="YAML or JSON config file")
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     sub.choices["train"].add_argument("--stage", choices=["a", "c", "lm"], help="same as the override stage=...")
     sub.choices["train"].add_argument("--init-from", help="same as the override init_from=...")
+    sub.choices["generate"].add_argument("--prompt", required=True, help="the text to continue")
     r = sub.add_parser("report", help="summarize a run directory and write loss/throughput PNGs")
     r.add_argument("run_dir")
     r.add_argument("--out", help="where the PNGs go (default: the run directory)")
@@ -69,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(summary, indent=1), flush=True)
             if summary["exit"] == "requeue":
                 return EXIT_REQUEUE
+        elif args.command == "eval":
+            from .infer.evaluate import EvalConfig, evaluate
+
+            result = evaluate(load_config(EvalConfig, args.config, args.overrides))
+            print(json.dumps({k: v for k, v in result.items() if k != "per_prompt"}, indent=1))
+        elif args.command == "generate":
+            from .infer.generate import GenerateConfig, generate
+
+            print(json.dumps(generate(load_config(GenerateConfig, args.config, args.overrides), args.prompt), indent=1))
         elif args.command == "report":
             from pathlib import Path
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
 
 from .config import ConfigError
-from .dit import CausalDiT, DiTConfig
+from .dit import EXPORT_CONFIG, EXPORT_WEIGHTS, CausalDiT, DiTConfig
 from .verifier import Verifier
 
 STRIDE_INDICES = [0, 3, 6, 9, 12, 15, 18, 21, 24, 26, 28, 31]
@@ -53,3 +57,37 @@ def graft(verifier: Verifier, cfg: DiTConfig) -> CausalDiT:
     layers = [copy.deepcopy(source.layers[i]) for i in indices]
     dit = CausalDiT(copy.deepcopy(text_cfg), cfg, layers=layers, final_norm=copy.deepcopy(source.norm))
     return dit.to(verifier.lm.dtype).requires_grad_(True)
+
+
+def load_drafter(source: str | Path, verifier: Verifier, checkpointing: bool = False,
+                 what: str = "drafter") -> CausalDiT:
+    """A trained DiT for ``verifier``: an exported DiT directory, or a run directory's export, else the newest
+    complete checkpoint of that run. ``what`` names the setting in errors."""
+    from .train.checkpoint import latest_tag
+
+    source = Path(source)
+    if (source / "export" / EXPORT_CONFIG).is_file():
+        source = source / "export"
+    if (source / EXPORT_CONFIG).is_file():
+        meta = json.loads((source / EXPORT_CONFIG).read_text())
+        arch, made_for = DiTConfig(**meta["dit"]), meta["verifier_config"]
+        state = load_file(str(source / EXPORT_WEIGHTS))
+    elif (tag := latest_tag(source / "checkpoints")) is not None and (source / "config.json").is_file():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        run_cfg = json.loads((source / "config.json").read_text())
+        arch, made_for = DiTConfig(**run_cfg["dit"]), None
+        state = get_fp32_state_dict_from_zero_checkpoint(str(source / "checkpoints"), tag=tag)
+        state = {k.removeprefix("dit."): v for k, v in state.items() if not k.startswith("verifier.")}
+    else:
+        raise ConfigError(f"{what}: '{source}' is neither an exported DiT (dit_config.json) nor a run directory "
+                          f"with an export or a complete checkpoint")
+    v = verifier.config
+    if made_for is not None and (made_for["hidden_size"], made_for["num_hidden_layers"]) != \
+            (v.hidden_size, v.num_hidden_layers):
+        raise ConfigError(f"{what}: '{source}' was grafted from a verifier with hidden size "
+                          f"{made_for['hidden_size']} and {made_for['num_hidden_layers']} layers; this verifier has "
+                          f"{v.hidden_size} and {v.num_hidden_layers}")
+    dit = graft(verifier, dataclasses.replace(arch, checkpointing=checkpointing))
+    dit.load_state_dict(state, strict=True)
+    return dit

@@ -2,11 +2,12 @@
 replication and advance against fresh passes, the sampling rule's distribution, the guillotine's threshold, edge
 cases and bad inputs."""
 
+import json
 import random
 
 import pytest
 import torch
-from conftest import BLOCK, TINY
+from conftest import BLOCK, PREFIX, TINY, run_cli
 
 from clsd_ds.config import ConfigError
 from clsd_ds.dit import DiTConfig
@@ -194,3 +195,41 @@ def test_bad_decode_settings_are_named(pair):
         SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=0))
     with pytest.raises(ValueError, match="at least one token"):
         SpeculativeDecoder(lm, dit, DecodeConfig()).generate([])
+
+
+@pytest.fixture(scope="module")
+def exported_drafter(verifier_dir, tmp_path_factory):
+    """An untrained drafter grafted from the saved tiny verifier, exported as training would."""
+    from clsd_ds.dit import save_dit
+
+    verifier = Verifier.load(VerifierConfig(path=str(verifier_dir)))
+    dit = graft(verifier, DiTConfig(num_layers=2, block_len=BLOCK))
+    return save_dit(dit.state_dict(), verifier.config, dit.cfg, tmp_path_factory.mktemp("drafter"))
+
+
+def test_eval_command_measures_and_checks_greedy(verifier_dir, exported_drafter, shards, tmp_path):
+    out = tmp_path / "eval"
+    proc = run_cli(["eval", f"verifier.path={verifier_dir}", f"drafter={exported_drafter}",
+                    f"prompts={shards / 'val'}", "num_prompts=3", "decode.num_candidates=4",
+                    "decode.max_new_tokens=10", f"out={out}"], launcher="none")
+    result = json.loads((out / "eval.json").read_text())
+    assert result["prompts"] == 3 and result["tokens"] == 30 and result["greedy_outputs"] == "3/3"
+    assert sum(int(k) * v for k, v in result["tau_histogram"].items()) == 30
+    assert result["tau"] == 30 / result["cycles"] and result["speedup"] > 0 and result["baseline_tok_s"] > 0
+    assert set(result["cycle_ms"]) == {"draft_s", "verify_s", "advance_s"}
+    assert all(1 <= r["prompt_tokens"] <= PREFIX for r in result["per_prompt"])  # the samples' prefixes
+    assert '"tau"' in proc.stdout and (out / "tau_hist.png").stat().st_size > 1000
+
+
+def test_generate_command_prints_text(verifier_dir, exported_drafter):
+    proc = run_cli(["generate", "--prompt", "Problem: Find the sum of 2 and 3.", f"verifier.path={verifier_dir}",
+                    f"drafter={exported_drafter}", "decode.num_candidates=2", "decode.max_new_tokens=8"],
+                   launcher="none")
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert isinstance(result["text"], str) and 1 <= result["tokens"] <= 8 and sum(result["accepted"]) == result["tokens"]
+
+
+def test_eval_names_a_missing_drafter(verifier_dir, shards, tmp_path):
+    proc = run_cli(["eval", f"verifier.path={verifier_dir}", f"drafter={tmp_path / 'nothing'}",
+                    f"prompts={shards / 'val'}"], launcher="none", check=False)
+    assert proc.returncode != 0 and f"drafter: '{tmp_path / 'nothing'}' is neither" in proc.stderr

@@ -10,21 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import dataclasses
-import json
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file
 
 from ..config import ConfigError, to_dict
 from ..data.reader import DataConfig
-from ..dit import EXPORT_CONFIG, EXPORT_WEIGHTS, CausalDiT, DiTConfig
+from ..dit import CausalDiT, DiTConfig
 from ..flow import FlowConfig
-from ..graft import graft
+from ..graft import graft, load_drafter
 from ..verifier import Verifier, VerifierConfig, check_checkpoint_dir
 from .distributed import init_distributed
-from . import checkpoint
 from .lm import LMTask
 from .loop import LogConfig, OptimConfig, Trainer, TrainConfig, compute_dtype, read_ds_config
 from .preemption import StopRequest
@@ -57,31 +51,7 @@ def initial_dit(verifier: Verifier, cfg: RunConfig) -> CausalDiT:
     an exported DiT, or a run directory's export, else the newest complete checkpoint of that run."""
     if cfg.init_from is None:
         return graft(verifier, cfg.dit)
-    source = Path(cfg.init_from)
-    if (source / "export" / EXPORT_CONFIG).is_file():
-        source = source / "export"
-    if (source / EXPORT_CONFIG).is_file():
-        meta = json.loads((source / EXPORT_CONFIG).read_text())
-        arch, state, made_for = DiTConfig(**meta["dit"]), load_file(str(source / EXPORT_WEIGHTS)), meta["verifier_config"]
-    elif (tag := checkpoint.latest_tag(source / "checkpoints")) is not None and (source / "config.json").is_file():
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        run_cfg = json.loads((source / "config.json").read_text())
-        arch, made_for = DiTConfig(**run_cfg["dit"]), None
-        state = get_fp32_state_dict_from_zero_checkpoint(str(source / "checkpoints"), tag=tag)
-        state = {k.removeprefix("dit."): v for k, v in state.items() if not k.startswith("verifier.")}
-    else:
-        raise ConfigError(f"init_from: '{source}' is neither an exported DiT (dit_config.json) nor a run directory "
-                          f"with an export or a complete checkpoint")
-    v = verifier.config
-    if made_for is not None and (made_for["hidden_size"], made_for["num_hidden_layers"]) != \
-            (v.hidden_size, v.num_hidden_layers):
-        raise ConfigError(f"init_from: '{source}' was grafted from a verifier with hidden size "
-                          f"{made_for['hidden_size']} and {made_for['num_hidden_layers']} layers; this verifier has "
-                          f"{v.hidden_size} and {v.num_hidden_layers}")
-    dit = graft(verifier, dataclasses.replace(arch, checkpointing=cfg.dit.checkpointing))
-    dit.load_state_dict(state, strict=True)
-    return dit
+    return load_drafter(cfg.init_from, verifier, cfg.dit.checkpointing, what="init_from")
 
 
 def build_task(cfg: RunConfig, dtype, device):
