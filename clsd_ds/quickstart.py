@@ -8,6 +8,9 @@ Stages (each skipped when its output is already in the run directory, so a rerun
     shards      prepare-data again, now with C precomputed by that verifier
     stage_a     Stage A of the DiT grafted from the verifier
     stage_c     Stage C from the Stage A result: CE through the frozen verifier from its prefix state
+    decode_*    speculative decoding of held-out prompts with the Stage A and the Stage C drafter (infer/):
+                τ, the cycle's time split, the speedup over the verifier's own cached greedy decoding, and a
+                check that the output is the verifier's greedy text
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from .data.tokenizer import train_tokenizer
 from .data.writer import PrepareConfig, prepare_data
 from .dit import EXPORT_WEIGHTS, DiTConfig
 from .flow import FlowConfig
+from .infer.decoder import DecodeConfig
+from .infer.evaluate import EvalConfig, evaluate
 from .train.loop import LogConfig, OptimConfig, TrainConfig
 from .train.preemption import EXIT_REQUEUE
 from .train.run import RunConfig, run
@@ -56,6 +61,9 @@ class QuickstartConfig:
     stage_c_steps: int = 60
     stage_c_batch: int = 8
     stage_c_lr: float = 1e-3
+    decode_prompts: int = 4  # held-out prompts decoded speculatively at the end, with each drafter
+    decode_tokens: int = 32
+    decode_candidates: int = 16
     num_workers: int = 1
     ds_config: str = "ds_configs/cpu_zero1.json"  # one process: ZeRO-3 would partition over a world of one
     progress: bool = True
@@ -137,6 +145,15 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         train=TrainConfig(steps=cfg.stage_c_steps, batch_size=cfg.stage_c_batch, ds_config=cfg.ds_config,
                           log_every=10, save_every=cfg.stage_c_steps, keep_last=1, eval_batches=4), **common))
 
+    for drafter in ("stage_a", "stage_c"):
+        out = root / f"decode_{drafter}"
+        stage(f"decode_{drafter}", (out / "eval.json").is_file(), lambda drafter=drafter, out=out: {
+            k: v for k, v in evaluate(EvalConfig(
+                verifier=VerifierConfig(path=str(verifier_dir)), drafter=str(root / drafter),
+                prompts=str(tokens / "val"), num_prompts=cfg.decode_prompts, out=str(out), device="cpu",
+                decode=DecodeConfig(num_candidates=cfg.decode_candidates, max_new_tokens=cfg.decode_tokens,
+                                    seed=cfg.seed))).items() if k != "per_prompt"})
+
     report["seconds"] = round(time.time() - t_all, 1)
     report["config"] = to_dict(cfg)
     (root / "quickstart.json").write_text(json.dumps(report, indent=1))
@@ -163,4 +180,16 @@ def summarize(report: dict) -> str:
             lines.append(f"            verifier's token accuracy on the drafts {r['eval_start']['verifier_acc']:.3f} -> "
                          f"{r['eval_end']['verifier_acc']:.3f}; nearest-embedding accuracy of the drafts "
                          f"{r['eval_start']['nearest_acc']:.3f} -> {r['eval_end']['nearest_acc']:.3f}")
+    for drafter in ("stage_a", "stage_c"):
+        r = report.get(f"decode_{drafter}")
+        if not r:
+            continue
+        lines.append(f"  decode with the {drafter} drafter: {r['prompts']} held-out prompts, "
+                     f"{r['decode']['num_candidates']} candidates x {r['block_len']} tokens: tau {r['tau']:.2f} "
+                     f"tokens/cycle {r['tau_histogram']}; {r['spec_tok_s']:.1f} tok/s vs "
+                     f"{r['baseline_tok_s']:.1f} autoregressive = {r['speedup']:.2f}x; "
+                     f"outputs equal to greedy decoding: {r['greedy_outputs']}")
+        ms = r["cycle_ms"]
+        lines.append(f"            one cycle: draft {ms['draft_s']:.0f} ms, verify {ms['verify_s']:.0f} ms, advance "
+                     f"{ms['advance_s']:.0f} ms ({r['device']})")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Stopping and resuming for real, against the uninterrupted 12-step, 2-rank ZeRO-3 run (``stage_a_run``).
 
-- SIGUSR1 to one rank at a random step (SIGTERM to the ranks' helper processes): all ranks checkpoint at that step boundary and exit; the relaunch's
-  losses and final weights equal the uninterrupted run's; ``report`` shows the restart.
+- SIGUSR1 to one rank at a random step (SIGTERM to the ranks' helper processes): all ranks checkpoint at that
+  step boundary and exit; the relaunch's losses and final weights equal the uninterrupted run's; ``report`` shows
+  the restart.
 - SIGKILL in the middle of a save (fault injection): the resume uses the previous checkpoint.
 - A NaN loss: the run stops with a checkpoint of the last good step and resumes exactly; or skips the batch.
 - DataLoader workers ignore a SIGTERM sent by anyone but their parent (Slurm signals every process of a step).

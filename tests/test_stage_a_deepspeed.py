@@ -8,7 +8,7 @@ resume must equal run A's, and so must its final weights.
 import json
 
 import torch
-from conftest import run_cli
+from conftest import BLOCK, run_cli
 from dsruns import kill_after_checkpoint, train_losses, write_config
 
 from clsd_ds.dit import load_dit
@@ -25,6 +25,7 @@ def test_zero3_stage_a_trains_and_partitions(stage_a_run):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [e["step"] for e in evals] == [0, STEPS] and evals[1]["loss"] < evals[0]["loss"]
+    assert all(1 <= e["tau"] <= BLOCK + 1 for e in evals)  # exact decoding of held-out prompts, both ranks
     train = [r for r in records if r["kind"] == "train"][-1]
     for key in ("loss_t0", "loss_t3", "grad_norm", "lr", "tok_s", "step_s", "samples"):
         assert key in train, key

@@ -46,6 +46,7 @@ def test_zero3_partitioned_verifier_equals_the_replicated_one(replicate_run, zer
     rep, z3 = records(replicate_run, "eval")[0], records(zero3_run, "eval")[0]
     for key in ("ce", "verifier_acc", "nearest_acc", "mse"):
         assert z3[key] == pytest.approx(rep[key], rel=1e-5, abs=1e-6), key
+    assert z3["tau"] == rep["tau"] and rep["tau"] >= 1  # decoding through the ZeRO-3-partitioned verifier
     a, b = train_losses(replicate_run), train_losses(zero3_run)
     assert [b[s] for s in range(1, STEPS + 1)] == pytest.approx([a[s] for s in range(1, STEPS + 1)], rel=1e-4)
 

@@ -87,7 +87,9 @@ def check_pair(dit: CausalDiT, lm: Qwen3_5ForCausalLM) -> None:
 class SpeculativeDecoder:
     """Decodes one prompt at a time with a frozen verifier and a CLSD drafter (both in eval mode, no grad)."""
 
-    def __init__(self, lm: Qwen3_5ForCausalLM, dit: CausalDiT, cfg: DecodeConfig):
+    def __init__(self, lm: Qwen3_5ForCausalLM, dit: CausalDiT, cfg: DecodeConfig,
+                 embedding: torch.Tensor | None = None):
+        """``embedding``: the verifier's embedding matrix, when the verifier's own is partitioned (ZeRO-3)."""
         cfg.validate()
         check_pair(dit, lm)
         self.lm, self.dit, self.cfg = lm.eval(), dit.eval(), cfg
@@ -95,7 +97,7 @@ class SpeculativeDecoder:
         if self.K > dit.cfg.block_len:
             raise ConfigError(f"field 'decode.block_len': {self.K} is longer than the drafter's block "
                               f"({dit.cfg.block_len})")
-        self.embedding = lm.get_input_embeddings().weight
+        self.embedding = lm.get_input_embeddings().weight if embedding is None else embedding
         self.generator = torch.Generator(device=self.embedding.device).manual_seed(cfg.seed)
 
     def _pass(self, ids: torch.Tensor, states: LayerStates, length: int) -> torch.Tensor:
@@ -128,8 +130,10 @@ class SpeculativeDecoder:
         return acceptance.guillotine(logits, tokens, cfg.threshold)
 
     @torch.no_grad()
-    def generate(self, prompt: list[int], eos_id: int | None = None) -> tuple[list[int], DecodeStats]:
-        """The new tokens after ``prompt`` (ending at EOS, included, or at max_new_tokens) and the cycle stats."""
+    def generate(self, prompt: list[int], eos_id: int | None = None,
+                 max_cycles: int | None = None) -> tuple[list[int], DecodeStats]:
+        """The new tokens after ``prompt`` (ending at EOS, included, at max_new_tokens, or after ``max_cycles``
+        cycles) and the cycle stats."""
         if not prompt:
             raise ValueError("generate: the prompt needs at least one token (e.g. the document-start token)")
         stats, device = DecodeStats(), self.embedding.device
@@ -139,7 +143,8 @@ class SpeculativeDecoder:
                                      grow=True)
         h, length, out = hidden[:, -1:], len(prompt), []
         stats.prefill_s = time.perf_counter() - t
-        while len(out) < self.cfg.max_new_tokens and (eos_id is None or not out or out[-1] != eos_id):
+        while len(out) < self.cfg.max_new_tokens and (eos_id is None or not out or out[-1] != eos_id) and \
+                (max_cycles is None or len(stats.accepted) < max_cycles):
             t0 = time.perf_counter()
             tokens = self.draft(h[:, 0])
             t1 = time.perf_counter()

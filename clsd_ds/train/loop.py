@@ -67,6 +67,9 @@ class TrainConfig:
     keep_last: int = 3
     eval_every: int = 0  # 0: evaluate only before the first and after the last step (needs data.val)
     eval_batches: int = 8
+    tau_prompts: int = 0  # Stages A/C, per rank, at every evaluation: held-out prompts decoded (exact) -> τ
+    tau_cycles: int = 4  # decoding cycles per prompt
+    tau_candidates: int = 8  # drafted blocks per cycle
     export: bool = True  # write <run_dir>/export after the last step
     peak_tflops: float | None = None  # per device, for MFU; default from the device name
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss: stop with a checkpoint, or skip the batch
@@ -75,9 +78,11 @@ class TrainConfig:
     def validate(self) -> None:
         if self.save_every < 0:
             raise ConfigError(f"field 'train.save_every': expected >= 0, got {self.save_every}")
-        for name in ("steps", "batch_size", "log_every", "keep_last", "eval_batches"):
+        for name in ("steps", "batch_size", "log_every", "keep_last", "eval_batches", "tau_cycles", "tau_candidates"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"field 'train.{name}': expected a positive integer, got {getattr(self, name)}")
+        if self.tau_prompts < 0:
+            raise ConfigError(f"field 'train.tau_prompts': expected >= 0, got {self.tau_prompts}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ConfigError(f"field 'train.micro_batch_size': expected a positive integer, "
                               f"got {self.micro_batch_size}")
@@ -214,8 +219,28 @@ class Trainer:
                 gen = step_generator(self.seed, i, self.dist.rank, 0, self.dist.device, kind="eval")
                 _, metrics = self.task.loss(engine, to_device(batch, self.dist.device), gen, step)
                 acc.add(metrics)
+            if self.cfg.tau_prompts and hasattr(self.task, "decoder_parts"):
+                acc.add({"tau": self._tau(engine, batches, step)})
         engine.train()
         return acc.reduce(self.dist.device)
+
+    def _tau(self, engine, batches: list[dict], step: int) -> tuple[int, int]:
+        """(tokens committed, cycles) of exact speculative decoding from this rank's first held-out prefixes. Every
+        rank decodes as many prompts for as many cycles (no EOS stop), so partitioned (ZeRO-3) modules are
+        gathered in lockstep."""
+        from ..infer.decoder import DecodeConfig, SpeculativeDecoder
+
+        prompts = [b["prefix"][i, : int(b["prefix_len"][i])].tolist() for b in batches for i in range(len(b["prefix"]))]
+        count = torch.tensor([min(len(prompts), self.cfg.tau_prompts)], device=self.dist.device)
+        if dist.is_initialized():
+            dist.all_reduce(count, op=dist.ReduceOp.MIN)
+        lm, dit, embedding = self.task.decoder_parts(engine, self.dist.device)
+        cycles = self.cfg.tau_cycles
+        cfg = DecodeConfig(num_candidates=self.cfg.tau_candidates, max_new_tokens=cycles * (dit.cfg.block_len + 1),
+                           seed=self.seed + step)
+        decoder = SpeculativeDecoder(lm, dit, cfg, embedding=embedding)
+        committed = sum(len(decoder.generate(p, max_cycles=cycles)[0]) for p in prompts[: int(count)])
+        return committed, int(count) * cycles
 
     def run(self) -> dict:
         """Train to ``train.steps``; returns a summary whose ``exit`` is ``finished`` or ``requeue`` (stopped by a
