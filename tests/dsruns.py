@@ -28,7 +28,7 @@ def write_config(path: Path, run_dir: Path, shards: Path, stage: str = "a", **ex
         "optim": {"lr": 1e-2, "warmup_steps": 2},
         "train": {"steps": 12, "batch_size": 8, "micro_batch_size": 2, "ds_config": "ds_configs/cpu_zero3.json",
                   "log_every": 1, "save_every": 4, "keep_last": 2, "eval_batches": 2,
-                  "tau_prompts": 2, "tau_cycles": 2, "tau_candidates": 4},
+                  "tau_prompts": 2, "tau_cycles": 2, "tau_candidates": 4, "keep_best_tau": True},
         "log": {"progress": False},
     }
     for key, value in extra.items():

@@ -26,6 +26,11 @@ def test_zero3_stage_a_trains_and_partitions(stage_a_run):
     evals = [r for r in records if r["kind"] == "eval"]
     assert [e["step"] for e in evals] == [0, STEPS] and evals[1]["loss"] < evals[0]["loss"]
     assert all(1 <= e["tau"] <= BLOCK + 1 for e in evals)  # exact decoding of held-out prompts, both ranks
+    taus = [e["tau"] for e in evals]  # keep_best_tau: the drafter of the first evaluation with the best τ
+    best = json.loads((run_dir / "best_tau" / "best_tau.json").read_text())
+    assert best == {"tau": max(taus), "step": evals[taus.index(max(taus))]["step"]}
+    kept, final = load_dit(run_dir / "best_tau").state_dict(), load_dit(run_dir / "export").state_dict()
+    assert all(torch.equal(kept[k], final[k]) for k in final) == (best["step"] == STEPS)
     train = [r for r in records if r["kind"] == "train"][-1]
     for key in ("loss_t0", "loss_t3", "grad_norm", "lr", "tok_s", "step_s", "samples"):
         assert key in train, key

@@ -70,6 +70,7 @@ class TrainConfig:
     tau_prompts: int = 0  # Stages A/C, per rank, at every evaluation: held-out prompts decoded (exact) -> τ
     tau_cycles: int = 4  # decoding cycles per prompt
     tau_candidates: int = 8  # drafted blocks per cycle
+    keep_best_tau: bool = False  # export the drafter to <run_dir>/best_tau whenever an evaluation's τ is a new best
     export: bool = True  # write <run_dir>/export after the last step
     peak_tflops: float | None = None  # per device, for MFU; default from the device name
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss: stop with a checkpoint, or skip the batch
@@ -211,7 +212,8 @@ class Trainer:
                                                           lr_scheduler=scheduler, config=ds_config)
         return engine, lr_scheduler
 
-    def _evaluate(self, engine, batches: list[dict], step: int) -> dict:
+    def _evaluate(self, engine, batches: list[dict], step: int, log: MetricsLog) -> dict:
+        """Held-out metrics (the same on every rank), logged; with ``keep_best_tau`` a new best τ is exported."""
         acc = Accumulator()
         engine.eval()
         with torch.no_grad():
@@ -222,7 +224,16 @@ class Trainer:
             if self.cfg.tau_prompts and hasattr(self.task, "decoder_parts"):
                 acc.add({"tau": self._tau(engine, batches, step)})
         engine.train()
-        return acc.reduce(self.dist.device)
+        stats = acc.reduce(self.dist.device)
+        log.log(step, stats, kind="eval")
+        if self.cfg.keep_best_tau and stats.get("tau", -math.inf) > self.best_tau:
+            self.best_tau = stats["tau"]
+            self._export(engine, self.run_dir / BEST_TAU)
+            if self.dist.is_main:  # written last: a crash before it leaves a lower τ on record, never a higher one
+                (self.run_dir / BEST_TAU / "best_tau.json").write_text(json.dumps({"tau": stats["tau"], "step": step}))
+            dist.barrier()
+            log.write(f"new best τ {stats['tau']:.3f} at step {step}: drafter exported to {self.run_dir / BEST_TAU}")
+        return stats
 
     def _tau(self, engine, batches: list[dict], step: int) -> tuple[int, int]:
         """(tokens committed, cycles) of exact speculative decoding from this rank's first held-out prefixes. Every
@@ -271,6 +282,7 @@ class Trainer:
             ds_config["checkpoint"] = {"load_universal": True}
         engine, lr_scheduler = self._engine(ds_config, use_ds_opt)
         step, samples, data_state, note = self._resume(engine, load_tag, micro)
+        self.best_tau = best_tau(self.run_dir)[0]  # read by every rank before any rank can write it
         loader = ShardLoader(self.data_cfg, self.data_cfg.train, micro, d.rank, world, state=data_state,
                              pin_memory=d.device.type == "cuda")
         val = eval_batches(self.data_cfg.val, micro, d.rank, world, self.cfg.eval_batches) if val_manifest else []
@@ -282,8 +294,7 @@ class Trainer:
         peak = peak_tflops(self.cfg.peak_tflops)
         summary: dict = {"start_step": step, "restart": restart}
         if val and step == 0:
-            summary["eval_start"] = self._evaluate(engine, val, step)
-            log.log(step, summary["eval_start"], kind="eval")
+            summary["eval_start"] = self._evaluate(engine, val, step, log)
 
         acc = Accumulator()
         tokens_per_step = self.cfg.batch_size * manifest.block_len
@@ -329,7 +340,7 @@ class Trainer:
                     summary["last"] = stats
                     t_last, steps_window = time.time(), 0
                 if val and self.cfg.eval_every and step % self.cfg.eval_every == 0 and step < self.cfg.steps:
-                    log.log(step, self._evaluate(engine, val, step), kind="eval")
+                    self._evaluate(engine, val, step, log)
                 stopping = self.stop.anywhere(d.device) and step < self.cfg.steps  # at the last step: finish instead
                 if stopping or (self.cfg.save_every and (step % self.cfg.save_every == 0 or step == self.cfg.steps)):
                     last_save_s = self._save(engine, step, samples, loader.state_dict())
@@ -347,10 +358,9 @@ class Trainer:
             loader.close()
         summary.update(exit="finished", end_step=step, save_s=last_save_s)
         if val:
-            summary["eval_end"] = self._evaluate(engine, val, step)
-            log.log(step, summary["eval_end"], kind="eval")
+            summary["eval_end"] = self._evaluate(engine, val, step, log)
         if self.cfg.export:
-            self._export(engine)
+            self._export(engine, self.run_dir / "export")
             summary["export"] = str(self.run_dir / "export")
         if d.is_main:
             runinfo.write_exit(self.run_dir, "finished", step)
@@ -404,15 +414,27 @@ class Trainer:
             f"non-finite loss in step {step + 1} (after {skipped} skipped micro-batches); the state before it is "
             f"saved in {self.ckpt_dir / checkpoint.tag_for(step)} (set train.on_nonfinite=skip to skip such batches)")
 
-    def _export(self, engine) -> None:
+    def _export(self, engine, out_dir: Path) -> None:
         if engine.zero_optimization_partition_weights():
             # gathers layer by layer onto rank 0; frozen parameters (a ZeRO-3 verifier) are not exported
             state = engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)
         else:
             state = engine.module.state_dict() if self.dist.is_main else None
         if self.dist.is_main:
-            self.task.export(state, self.run_dir / "export")
+            self.task.export(state, out_dir)
         dist.barrier()
+
+
+BEST_TAU = "best_tau"
+
+
+def best_tau(run_dir: Path) -> tuple[float, int | None]:
+    """(τ, step) of the drafter kept in ``<run_dir>/best_tau`` ((-inf, None) when none is)."""
+    record = Path(run_dir) / BEST_TAU / "best_tau.json"
+    if not record.is_file():
+        return -math.inf, None
+    saved = json.loads(record.read_text())
+    return saved["tau"], saved["step"]
 
 
 def _sum_over_ranks(value: int, device) -> int:
