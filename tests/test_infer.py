@@ -11,8 +11,10 @@ from conftest import BLOCK, PREFIX, TINY, run_cli
 
 from clsd_ds.config import ConfigError
 from clsd_ds.dit import DiTConfig
+from clsd_ds.flow import euler_sample
 from clsd_ds.graft import graft
 from clsd_ds.infer import acceptance
+from clsd_ds.infer.autoregressive import StaticGreedy
 from clsd_ds.infer.decoder import DecodeConfig, SpeculativeDecoder
 from clsd_ds.verifier import Verifier, VerifierConfig
 from clsd_ds.verifier_state import prefix_pass
@@ -52,7 +54,7 @@ class OracleDrafter(SpeculativeDecoder):
         super().__init__(lm, dit, cfg)
         self.reference, self.done, self.rng = reference, 0, random.Random(seed)
 
-    def draft(self, cond):
+    def draft(self, h, states, length):
         rows = []
         for _ in range(self.cfg.num_candidates):
             row = (self.reference[self.done:] + [0] * self.K)[: self.K]
@@ -81,10 +83,50 @@ def test_exact_mode_is_greedy_decoding(pair, length):
     assert stats.tau > 4 and max(stats.accepted) > BLOCK // 2
 
 
-def test_one_candidate_of_one_token(pair):
+def test_verifier_reading_is_greedy_and_commits_two_tokens_a_cycle(pair):
+    lm, dit = pair
+    ids = prompt(65, seed=8)
+    cfg = DecodeConfig(num_candidates=3, max_new_tokens=20, reading="verifier")
+    out, stats = SpeculativeDecoder(lm, dit, cfg).generate(ids)
+    assert out == greedy(lm, ids, 20)
+    assert min(stats.accepted[:-1]) >= 2  # each candidate starts with the verifier's own next token
+    assert stats.verifier_calls == 3 * len(stats.accepted)
+
+
+def test_verifier_reading_is_the_verifier_after_each_soft_draft(pair):
+    """Candidate n's token j+1 = the argmax of one full forward over [prompt embeddings | drafts_1..j of n]."""
+    lm, dit = pair
+    ids = prompt(40, seed=9)
+    dec = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=3, reading="verifier"))
+    embed = lm.get_input_embeddings()
+    hidden, states = prefix_pass(lm, embed(torch.tensor([ids])), torch.ones(1, len(ids), dtype=torch.bool), grow=True)
+    noise_state = dec.generator.get_state()
+    tokens = dec.draft(hidden[:, -1:], states, len(ids))
+    dec.generator.set_state(noise_state)
+    x0 = torch.randn(3, BLOCK, hidden.shape[-1], generator=dec.generator, dtype=hidden.dtype)
+    cond = hidden[:, -1].expand(3, -1)
+    drafts = euler_sample(lambda x, t: dit(x, t, cond), x0, 2) * dit.cfg.embed_scale
+    for n in range(3):
+        full = torch.cat([embed(torch.tensor([ids])), drafts[n: n + 1, :-1]], 1)
+        assert lm(inputs_embeds=full).logits[0, len(ids) - 1:].argmax(-1).tolist() == tokens[n].tolist()
+
+
+def test_static_cache_baseline_is_greedy_decoding(pair):
+    lm, _ = pair
+    static = StaticGreedy(lm, max_len=140)
+    for length in (1, 63, 100):  # one static cache reused across prompts, decoding across the 64-token chunks
+        ids = prompt(length, seed=20 + length)
+        assert static.generate(ids, 40) == greedy(lm, ids, 40), length
+    with pytest.raises(ValueError, match="exceed the static cache's max_len 140"):
+        static.generate(prompt(120, seed=0), 21)
+
+
+@pytest.mark.parametrize("reading", ["nearest", "verifier"])
+def test_one_candidate_of_one_token(pair, reading):
     lm, dit = pair
     ids = prompt(20, seed=1)
-    decoder = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=1, block_len=1, max_new_tokens=6))
+    cfg = DecodeConfig(num_candidates=1, block_len=1, max_new_tokens=6, reading=reading)
+    decoder = SpeculativeDecoder(lm, dit, cfg)
     out, stats = decoder.generate(ids)
     assert out == greedy(lm, ids, 6) and len(stats.accepted) >= 3
 
@@ -120,8 +162,8 @@ def test_state_advance_equals_a_fresh_prefill(pair):
     embed = lm.get_input_embeddings()
     dec = SpeculativeDecoder(lm, dit, DecodeConfig())
     _, grown = prefix_pass(lm, embed(torch.tensor([ids])), torch.ones(1, 60, dtype=torch.bool), grow=True)
-    dec._pass(torch.tensor([more[:7]]), grown, 60)  # two advances, across the 64-token chunk boundary
-    h = dec._pass(torch.tensor([more[7:]]), grown, 67)
+    dec.advance(more[:7], grown, 60)  # two advances, across the 64-token chunk boundary
+    h = dec.advance(more[7:], grown, 67)
     full = ids + more
     hidden, fresh = prefix_pass(lm, embed(torch.tensor([full])), torch.ones(1, len(full), dtype=torch.bool))
     tol = dict(rtol=1e-5, atol=1e-5)  # HF's torch delta rule runs in float32 whatever the model's dtype
@@ -217,6 +259,7 @@ def test_eval_command_measures_and_checks_greedy(verifier_dir, exported_drafter,
     assert result["prompts"] == 3 and result["tokens"] == 30 and result["greedy_outputs"] == "3/3"
     assert sum(int(k) * v for k, v in result["tau_histogram"].items()) == 30
     assert result["tau"] == 30 / result["cycles"] and result["speedup"] > 0 and result["baseline_tok_s"] > 0
+    assert result["tokens_per_verifier_call"] == 30 / (2 * result["cycles"])  # verification + state advance
     assert set(result["cycle_ms"]) == {"draft_s", "verify_s", "advance_s"}
     assert all(1 <= r["prompt_tokens"] <= PREFIX for r in result["per_prompt"])  # the samples' prefixes
     assert '"tau"' in proc.stdout and (out / "tau_hist.png").stat().st_size > 1000

@@ -2,11 +2,14 @@
 
 One cycle, with the verifier's state S after the committed text and h its final-norm hidden at the last token:
     C = h;  x0^(n) ~ N(0, I) [K, d];  x̂1^(n) = Euler_steps(DiT(·, t, C), x0^(n))        (n = 1..N, one batch)
-    tokens^(n) = nearest rows of E to x̂1^(n) · embed_scale
+    tokens^(n) = nearest rows of E to x̂1^(n) · embed_scale                       (reading: nearest)
+              or [argmax lm_head(h) | argmax lm_head(verifier(x̂1^(n)_{<K} · embed_scale | S))]   (reading: verifier)
     logits^(n) = lm_head([h | verifier(E[tokens^(n)] | S)])   (S replicated N times: one forward for all)
     (n, a, next) = acceptance rule;  commit tokens^(n)[:a] + [next];  S, h <- verifier(committed | S)
 The state advance recomputes the committed tokens from S (one verifier pass of a + 1 tokens), which is exact for
-both layer kinds; DeltaNet states cannot be cropped like attention keys.
+both layer kinds; DeltaNet states cannot be cropped like attention keys. The ``verifier`` reading turns drafts into
+tokens the way Stage C trains them to be read (the verifier's prediction after the soft draft), at the price of a
+second verifier pass per cycle; its first token is the verifier's own next token.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class DecodeConfig:
     num_candidates: int = 32
     block_len: int | None = None  # tokens drafted per candidate; None: the DiT's block_len
     euler_steps: int = 2
+    reading: Literal["nearest", "verifier"] = "nearest"  # drafted vectors -> tokens (see the module docstring)
     acceptance: Literal["exact", "sampling", "guillotine"] = "exact"
     temperature: float = 1.0  # sampling
     top_p: float = 1.0  # sampling
@@ -60,17 +64,25 @@ class DecodeStats:
     verify_s: list[float] = field(default_factory=list)
     advance_s: list[float] = field(default_factory=list)
     prefill_s: float = 0.0
+    verifier_calls: int = 0  # after the prefill: verification, state advance and (reading: verifier) reading
 
     @property
     def tau(self) -> float:
         """Mean tokens committed per cycle (accepted draft tokens + the verifier's own one)."""
         return sum(self.accepted) / max(len(self.accepted), 1)
 
+    def add(self, other: "DecodeStats") -> None:
+        """Append another decode's cycles and counts to these."""
+        for name in ("accepted", "draft_s", "verify_s", "advance_s"):
+            getattr(self, name).extend(getattr(other, name))
+        self.prefill_s += other.prefill_s
+        self.verifier_calls += other.verifier_calls
+
     def summary(self) -> dict:
         cycles = len(self.accepted)
         total = self.prefill_s + sum(self.draft_s) + sum(self.verify_s) + sum(self.advance_s)
         return {"cycles": cycles, "tokens": sum(self.accepted), "tau": self.tau,
-                "tokens_per_verifier_call": sum(self.accepted) / max(2 * cycles, 1),  # verify + advance
+                "tokens_per_verifier_call": sum(self.accepted) / max(self.verifier_calls, 1),
                 "prefill_s": self.prefill_s, "draft_s": sum(self.draft_s), "verify_s": sum(self.verify_s),
                 "advance_s": sum(self.advance_s), "tok_s": sum(self.accepted) / total if total else 0.0}
 
@@ -100,25 +112,39 @@ class SpeculativeDecoder:
         self.embedding = lm.get_input_embeddings().weight if embedding is None else embedding
         self.generator = torch.Generator(device=self.embedding.device).manual_seed(cfg.seed)
 
-    def _pass(self, ids: torch.Tensor, states: LayerStates, length: int) -> torch.Tensor:
-        """Final-norm hidden of ``ids`` [B, T] right after a committed text of ``length`` tokens in ``states``."""
-        B = ids.shape[0]
-        mask = torch.ones(B, length, dtype=torch.bool, device=ids.device)
-        lengths = torch.full((B,), length, device=ids.device)
-        return continue_pass(self.lm, self.lm.get_input_embeddings()(ids), mask, lengths, states)
+    def _pass(self, embeds: torch.Tensor, states: LayerStates, length: int) -> torch.Tensor:
+        """Final-norm hidden of ``embeds`` [B, T, d] right after a committed text of ``length`` tokens in ``states``."""
+        B = embeds.shape[0]
+        mask = torch.ones(B, length, dtype=torch.bool, device=embeds.device)
+        lengths = torch.full((B,), length, device=embeds.device)
+        return continue_pass(self.lm, embeds, mask, lengths, states)
 
-    def draft(self, cond: torch.Tensor) -> torch.Tensor:
-        """N candidate blocks [N, K] of token ids from one batched DiT sampling conditioned on C [1, d]."""
-        N, d = self.cfg.num_candidates, cond.shape[-1]
-        x0 = torch.randn(N, self.K, d, generator=self.generator, device=cond.device, dtype=self.embedding.dtype)
-        x1 = euler_sample(lambda x, t: self.dit(x, t, cond.expand(N, -1)), x0, self.cfg.euler_steps)
-        return nearest_tokens(x1 * self.dit.cfg.embed_scale, self.embedding)
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    def draft(self, h: torch.Tensor, states: LayerStates, length: int) -> torch.Tensor:
+        """N candidate blocks [N, K] of token ids from one batched DiT sampling conditioned on C = h [1, 1, d]."""
+        N, d = self.cfg.num_candidates, h.shape[-1]
+        cond = h[:, 0].expand(N, -1)
+        x0 = torch.randn(N, self.K, d, generator=self.generator, device=h.device, dtype=self.embedding.dtype)
+        drafts = euler_sample(lambda x, t: self.dit(x, t, cond), x0, self.cfg.euler_steps) * self.dit.cfg.embed_scale
+        if self.cfg.reading == "nearest":
+            return nearest_tokens(drafts, self.embedding)
+        own = self.lm.lm_head(h).argmax(-1).expand(N, 1)  # the verifier's own next token leads every candidate
+        if self.K == 1:
+            return own
+        read = self._pass(drafts[:, :-1], states.repeat_interleave(N), length)
+        return torch.cat([own, self.lm.lm_head(read).argmax(-1)], 1)
 
     def verify(self, tokens: torch.Tensor, states: LayerStates, length: int, h: torch.Tensor) -> torch.Tensor:
         """Verifier logits [N, K+1, V] for all candidates in one forward from the shared state."""
         N = tokens.shape[0]
-        hidden = self._pass(tokens, states.repeat_interleave(N), length)
+        hidden = self._pass(self._embed(tokens), states.repeat_interleave(N), length)
         return self.lm.lm_head(torch.cat([h.expand(N, 1, -1), hidden], 1)).float()
+
+    def advance(self, new: list[int], states: LayerStates, length: int) -> torch.Tensor:
+        """Grow ``states`` by the committed tokens ``new``; their final-norm hidden at the last one [1, 1, d]."""
+        return self._pass(self._embed(torch.tensor([new], device=self.embedding.device)), states, length)[:, -1:]
 
     def accept(self, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[int, int, int]:
         cfg = self.cfg
@@ -139,14 +165,14 @@ class SpeculativeDecoder:
         stats, device = DecodeStats(), self.embedding.device
         t = time.perf_counter()
         ids = torch.tensor([prompt], device=device)
-        hidden, states = prefix_pass(self.lm, self.lm.get_input_embeddings()(ids), torch.ones_like(ids, dtype=bool),
+        hidden, states = prefix_pass(self.lm, self._embed(ids), torch.ones_like(ids, dtype=bool),
                                      grow=True)
         h, length, out = hidden[:, -1:], len(prompt), []
         stats.prefill_s = time.perf_counter() - t
         while len(out) < self.cfg.max_new_tokens and (eos_id is None or not out or out[-1] != eos_id) and \
                 (max_cycles is None or len(stats.accepted) < max_cycles):
             t0 = time.perf_counter()
-            tokens = self.draft(h[:, 0])
+            tokens = self.draft(h, states, length)
             t1 = time.perf_counter()
             n, a, nxt = self.accept(self.verify(tokens, states, length, h), tokens)
             t2 = time.perf_counter()
@@ -154,10 +180,11 @@ class SpeculativeDecoder:
             if eos_id is not None and eos_id in new:
                 new = new[: new.index(eos_id) + 1]
             new = new[: self.cfg.max_new_tokens - len(out)]
-            h = self._pass(torch.tensor([new], device=device), states, length)[:, -1:]
+            h = self.advance(new, states, length)
             length += len(new)
             out += new
             stats.accepted.append(len(new))
+            stats.verifier_calls += 2 + (self.cfg.reading == "verifier")
             stats.draft_s.append(t1 - t0)
             stats.verify_s.append(t2 - t1)
             stats.advance_s.append(time.perf_counter() - t2)
