@@ -1,10 +1,10 @@
 """``eval``: speculative decoding of held-out prompts against the verifier's own decoding, on this machine.
 
 Per prompt, the same ``max_new_tokens`` are decoded twice: by the ``SpeculativeDecoder`` and by the autoregressive
-baseline (Hugging Face ``generate`` with its cache, greedy). Reported: τ (tokens committed per cycle) with its
-histogram, tokens per verifier call, the time split of a cycle (draft / verify / advance), tokens/s of both and
-the speedup. In ``exact`` mode every output is also checked to be greedy by definition: one forward over
-[prompt | output] must give each output token as the argmax at the position before it.
+baseline (``autoregressive.py``: a static cache, CUDA-graph steps on a GPU; or HF's cached ``generate``).
+Reported: τ (tokens committed per cycle) with its histogram, tokens per verifier call, the time split of a cycle
+(draft / verify / advance), tokens/s of both and the speedup. In ``exact`` mode every output is also checked to be
+greedy by definition: one forward over [prompt | output] must give each output token as the argmax before it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -21,6 +22,7 @@ from ..config import ConfigError
 from ..data.reader import eval_batches
 from ..graft import load_drafter
 from ..verifier import Verifier, VerifierConfig
+from .autoregressive import Autoregressive, Baseline, sync
 from .decoder import DecodeConfig, DecodeStats, SpeculativeDecoder
 
 
@@ -31,7 +33,7 @@ class EvalConfig:
     prompts: str = ""  # a shard directory (prepare-data's val split): each sample's prefix is a prompt
     num_prompts: int = 8
     decode: DecodeConfig = field(default_factory=DecodeConfig)
-    baseline: bool = True  # also decode every prompt autoregressively and report the speedup
+    baseline: Literal["static", "generate", "none"] = "static"  # the AR decoding the speedup is measured against
     out: str = "eval"  # eval.json and tau_hist.png go here
     device: str = "auto"  # auto: cuda if available
 
@@ -56,41 +58,25 @@ def is_greedy(lm, prompt: list[int], out: list[int]) -> bool:
     return argmax.tolist() == out
 
 
-@torch.no_grad()
-def autoregressive(lm, prompt: list[int], n: int) -> tuple[list[int], float]:
-    """The baseline: HF's cached greedy ``generate`` (exactly n tokens); (tokens, seconds)."""
-    ids = torch.tensor([prompt], device=lm.device)
-    _sync(lm.device)
-    t = time.perf_counter()
-    out = lm.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None)
-    _sync(lm.device)
-    return out[0, len(prompt):].tolist(), time.perf_counter() - t
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_eval(decoder: SpeculativeDecoder, prompts: list[list[int]], baseline: bool = True) -> dict:
+def run_eval(decoder: SpeculativeDecoder, prompts: list[list[int]],
+             baseline: Baseline | None = "static") -> dict:
     """Decode every prompt; the measurements as a JSON-ready dict."""
     lm, cfg = decoder.lm, decoder.cfg
+    ar = Autoregressive(lm, baseline, max(map(len, prompts)) + cfg.max_new_tokens) if baseline else None
     total, per_prompt, spec_s, ar_s, greedy_ok = DecodeStats(), [], 0.0, 0.0, 0
     for prompt in prompts:
-        _sync(lm.device)
+        sync(lm.device)
         t = time.perf_counter()
         out, stats = decoder.generate(prompt)
-        _sync(lm.device)
+        sync(lm.device)
         spec_s += time.perf_counter() - t
-        for name in ("accepted", "draft_s", "verify_s", "advance_s"):
-            getattr(total, name).extend(getattr(stats, name))
-        total.prefill_s += stats.prefill_s
+        total.add(stats)
         record = {"prompt_tokens": len(prompt), "tokens": len(out), "tau": stats.tau}
         if cfg.acceptance == "exact":
             record["greedy"] = is_greedy(lm, prompt, out)
             greedy_ok += record["greedy"]
-        if baseline:
-            ar_out, seconds = autoregressive(lm, prompt, len(out))
+        if ar:
+            ar_out, seconds = ar.decode(prompt, len(out))
             ar_s += seconds
             record["same_as_baseline"] = ar_out == out
         per_prompt.append(record)
@@ -102,8 +88,8 @@ def run_eval(decoder: SpeculativeDecoder, prompts: list[list[int]], baseline: bo
               "spec_tok_s": tokens / spec_s, "per_prompt": per_prompt}
     if cfg.acceptance == "exact":
         result["greedy_outputs"] = f"{greedy_ok}/{len(prompts)}"
-    if baseline:
-        result.update(baseline_tok_s=tokens / ar_s, speedup=ar_s / spec_s,
+    if ar:
+        result.update(baseline=baseline, baseline_tok_s=tokens / ar_s, speedup=ar_s / spec_s,
                       same_as_baseline=f"{sum(r['same_as_baseline'] for r in per_prompt)}/{len(prompts)}")
     return result
 
@@ -138,7 +124,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Load the verifier and drafter, decode the prompts, write ``eval.json`` and ``tau_hist.png`` under ``out``."""
     verifier, dit = load_pair(cfg.verifier, cfg.drafter, cfg.device)
     prompts = shard_prompts(cfg.prompts, cfg.num_prompts)
-    result = run_eval(SpeculativeDecoder(verifier.lm, dit, cfg.decode), prompts, cfg.baseline)
+    baseline = None if cfg.baseline == "none" else cfg.baseline
+    result = run_eval(SpeculativeDecoder(verifier.lm, dit, cfg.decode), prompts, baseline)
     device = verifier.device
     result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out = Path(cfg.out)
