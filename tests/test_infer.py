@@ -54,12 +54,12 @@ class OracleDrafter(SpeculativeDecoder):
         super().__init__(lm, dit, cfg)
         self.reference, self.done, self.rng = reference, 0, random.Random(seed)
 
-    def draft(self, h, states, length):
+    def draft(self, h, states, length, k):
         rows = []
         for _ in range(self.cfg.num_candidates):
-            row = (self.reference[self.done:] + [0] * self.K)[: self.K]
-            wrong = self.rng.randrange(self.K + 2)
-            if wrong < self.K:
+            row = (self.reference[self.done:] + [0] * k)[:k]
+            wrong = self.rng.randrange(k + 2)
+            if wrong < k:
                 row[wrong] = (row[wrong] + 1) % V
             rows.append(row)
         return torch.tensor(rows)
@@ -101,7 +101,7 @@ def test_verifier_reading_is_the_verifier_after_each_soft_draft(pair):
     embed = lm.get_input_embeddings()
     hidden, states = prefix_pass(lm, embed(torch.tensor([ids])), torch.ones(1, len(ids), dtype=torch.bool), grow=True)
     noise_state = dec.generator.get_state()
-    tokens = dec.draft(hidden[:, -1:], states, len(ids))
+    tokens = dec.draft(hidden[:, -1:], states, len(ids), BLOCK)
     dec.generator.set_state(noise_state)
     x0 = torch.randn(3, BLOCK, hidden.shape[-1], generator=dec.generator, dtype=hidden.dtype)
     cond = hidden[:, -1].expand(3, -1)
@@ -119,6 +119,19 @@ def test_static_cache_baseline_is_greedy_decoding(pair):
         assert static.generate(ids, 40) == greedy(lm, ids, 40), length
     with pytest.raises(ValueError, match="exceed the static cache's max_len 140"):
         static.generate(prompt(120, seed=0), 21)
+
+
+def test_adaptive_block_follows_acceptance_and_stays_greedy(pair):
+    lm, dit = pair
+    ids = prompt(50, seed=12)
+    reference = greedy(lm, ids, 60)
+    cfg = DecodeConfig(num_candidates=3, max_new_tokens=20, adaptive_block=True, min_block_len=2)
+    out, stats = SpeculativeDecoder(lm, dit, cfg).generate(ids)  # untrained: ~nothing accepted
+    assert out == reference[:20]
+    assert stats.block_len[:5] == [BLOCK, BLOCK, BLOCK // 2, BLOCK // 4, 2] and set(stats.block_len[5:]) == {2}
+    cfg = DecodeConfig(num_candidates=4, max_new_tokens=60, adaptive_block=True)
+    out, stats = OracleDrafter(lm, dit, cfg, reference, seed=3).generate(ids)  # long acceptances keep k large
+    assert out == reference and max(stats.block_len[1:]) == BLOCK and stats.tau > 4
 
 
 @pytest.mark.parametrize("reading", ["nearest", "verifier"])

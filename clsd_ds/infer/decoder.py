@@ -9,11 +9,14 @@ One cycle, with the verifier's state S after the committed text and h its final-
 The state advance recomputes the committed tokens from S (one verifier pass of a + 1 tokens), which is exact for
 both layer kinds; DeltaNet states cannot be cropped like attention keys. The ``verifier`` reading turns drafts into
 tokens the way Stage C trains them to be read (the verifier's prediction after the soft draft), at the price of a
-second verifier pass per cycle; its first token is the verifier's own next token.
+second verifier pass per cycle; its first token is the verifier's own next token. With ``adaptive_block`` the block
+length of the next cycle follows acceptance: k = clip(2^ceil(log2(2·ā)), min_block_len, K), ā an exponential average
+(weight 1/2) of the draft tokens accepted per cycle, starting from K — drafting and verifying cost ∝ N·k.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -35,6 +38,8 @@ class DecodeConfig:
     block_len: int | None = None  # tokens drafted per candidate; None: the DiT's block_len
     euler_steps: int = 2
     reading: Literal["nearest", "verifier"] = "nearest"  # drafted vectors -> tokens (see the module docstring)
+    adaptive_block: bool = False  # each cycle drafts k = clip(2^ceil(log2(2·EMA of accepted)), min_block_len, K)
+    min_block_len: int = 4
     acceptance: Literal["exact", "sampling", "guillotine"] = "exact"
     temperature: float = 1.0  # sampling
     top_p: float = 1.0  # sampling
@@ -43,7 +48,7 @@ class DecodeConfig:
     seed: int = 0  # drafting noise and sampling uniforms
 
     def validate(self) -> None:
-        for name in ("num_candidates", "euler_steps", "max_new_tokens"):
+        for name in ("num_candidates", "euler_steps", "max_new_tokens", "min_block_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"field 'decode.{name}': expected a positive integer, got {getattr(self, name)}")
         if self.block_len is not None and self.block_len < 1:
@@ -63,6 +68,7 @@ class DecodeStats:
     draft_s: list[float] = field(default_factory=list)
     verify_s: list[float] = field(default_factory=list)
     advance_s: list[float] = field(default_factory=list)
+    block_len: list[int] = field(default_factory=list)  # tokens drafted per candidate
     prefill_s: float = 0.0
     verifier_calls: int = 0  # after the prefill: verification, state advance and (reading: verifier) reading
 
@@ -73,7 +79,7 @@ class DecodeStats:
 
     def add(self, other: "DecodeStats") -> None:
         """Append another decode's cycles and counts to these."""
-        for name in ("accepted", "draft_s", "verify_s", "advance_s"):
+        for name in ("accepted", "draft_s", "verify_s", "advance_s", "block_len"):
             getattr(self, name).extend(getattr(other, name))
         self.prefill_s += other.prefill_s
         self.verifier_calls += other.verifier_calls
@@ -84,7 +90,8 @@ class DecodeStats:
         return {"cycles": cycles, "tokens": sum(self.accepted), "tau": self.tau,
                 "tokens_per_verifier_call": sum(self.accepted) / max(self.verifier_calls, 1),
                 "prefill_s": self.prefill_s, "draft_s": sum(self.draft_s), "verify_s": sum(self.verify_s),
-                "advance_s": sum(self.advance_s), "tok_s": sum(self.accepted) / total if total else 0.0}
+                "advance_s": sum(self.advance_s), "mean_block_len": sum(self.block_len) / max(cycles, 1),
+                "tok_s": sum(self.accepted) / total if total else 0.0}
 
 
 def check_pair(dit: CausalDiT, lm: Qwen3_5ForCausalLM) -> None:
@@ -122,16 +129,17 @@ class SpeculativeDecoder:
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_input_embeddings()(ids)
 
-    def draft(self, h: torch.Tensor, states: LayerStates, length: int) -> torch.Tensor:
-        """N candidate blocks [N, K] of token ids from one batched DiT sampling conditioned on C = h [1, 1, d]."""
+    def draft(self, h: torch.Tensor, states: LayerStates, length: int, k: int) -> torch.Tensor:
+        """N candidate blocks [N, k] of token ids from one batched DiT sampling conditioned on C = h [1, 1, d]. The
+        DiT is causal: its first k positions are the same whether it drafts k or more."""
         N, d = self.cfg.num_candidates, h.shape[-1]
         cond = h[:, 0].expand(N, -1)
-        x0 = torch.randn(N, self.K, d, generator=self.generator, device=h.device, dtype=self.embedding.dtype)
+        x0 = torch.randn(N, k, d, generator=self.generator, device=h.device, dtype=self.embedding.dtype)
         drafts = euler_sample(lambda x, t: self.dit(x, t, cond), x0, self.cfg.euler_steps) * self.dit.cfg.embed_scale
         if self.cfg.reading == "nearest":
             return nearest_tokens(drafts, self.embedding)
         own = self.lm.lm_head(h).argmax(-1).expand(N, 1)  # the verifier's own next token leads every candidate
-        if self.K == 1:
+        if k == 1:
             return own
         read = self._pass(drafts[:, :-1], states.repeat_interleave(N), length)
         return torch.cat([own, self.lm.lm_head(read).argmax(-1)], 1)
@@ -167,12 +175,12 @@ class SpeculativeDecoder:
         ids = torch.tensor([prompt], device=device)
         hidden, states = prefix_pass(self.lm, self._embed(ids), torch.ones_like(ids, dtype=bool),
                                      grow=True)
-        h, length, out = hidden[:, -1:], len(prompt), []
+        h, length, out, k, recent = hidden[:, -1:], len(prompt), [], self.K, float(self.K)
         stats.prefill_s = time.perf_counter() - t
         while len(out) < self.cfg.max_new_tokens and (eos_id is None or not out or out[-1] != eos_id) and \
                 (max_cycles is None or len(stats.accepted) < max_cycles):
             t0 = time.perf_counter()
-            tokens = self.draft(h, states, length)
+            tokens = self.draft(h, states, length, k)
             t1 = time.perf_counter()
             n, a, nxt = self.accept(self.verify(tokens, states, length, h), tokens)
             t2 = time.perf_counter()
@@ -184,6 +192,10 @@ class SpeculativeDecoder:
             length += len(new)
             out += new
             stats.accepted.append(len(new))
+            stats.block_len.append(k)
+            if self.cfg.adaptive_block:
+                recent = 0.5 * recent + 0.5 * a
+                k = min(self.K, max(self.cfg.min_block_len, 2 ** math.ceil(math.log2(max(2 * recent, 1)))))
             stats.verifier_calls += 2 + (self.cfg.reading == "verifier")
             stats.draft_s.append(t1 - t0)
             stats.verify_s.append(t2 - t1)
