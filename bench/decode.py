@@ -1,0 +1,74 @@
+"""Speculative decoding with the quickstart's drafters: both readings of the drafts, and the AR baselines.
+
+    python bench/decode.py [--run runs/quickstart] [--prompts 4] [--candidates 16] [--tokens 32] [--out FILE]
+
+For the Stage A and the Stage C drafter of a finished quickstart, ``eval`` (exact mode) with ``decode.reading``
+``nearest`` and ``verifier``; then both autoregressive baselines on the same prompts: the static-cache loop (what
+``eval`` compares against by default) and HF's cached ``generate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clsd_ds.infer.decoder import DecodeConfig  # noqa: E402
+from clsd_ds.infer.autoregressive import Autoregressive  # noqa: E402
+from clsd_ds.infer.evaluate import EvalConfig, evaluate, shard_prompts  # noqa: E402
+from clsd_ds.verifier import Verifier, VerifierConfig  # noqa: E402
+
+
+def time_baselines(verifier_dir: Path, prompts: list[list[int]], n: int) -> dict:
+    """tokens/s of each AR baseline over the prompts (after one warm-up prompt), and whether they agree."""
+    lm = Verifier.load(VerifierConfig(path=str(verifier_dir)), dtype=torch.float32, device=torch.device("cpu")).lm
+    result, outputs = {}, {}
+    for kind in ("static", "generate"):
+        ar = Autoregressive(lm, kind, max(map(len, prompts)) + n)
+        ar.decode(prompts[0], n)
+        runs = [ar.decode(p, n) for p in prompts]
+        outputs[kind] = [tokens for tokens, _ in runs]
+        result[f"{kind}_tok_s"] = len(prompts) * n / sum(seconds for _, seconds in runs)
+    result["same_tokens"] = outputs["static"] == outputs["generate"]
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/quickstart")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--candidates", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--out", default=f"bench/results/cpu-{date.today()}-decode_quickstart.json")
+    args = ap.parse_args()
+    root = Path(args.run)
+    verifier_dir, prompts_dir = root / "verifier" / "export", root / "shards_tokens" / "val"
+    runs = {}
+    for drafter in ("stage_a", "stage_c"):
+        for reading in ("nearest", "verifier"):
+            result = evaluate(EvalConfig(
+                verifier=VerifierConfig(path=str(verifier_dir)), drafter=str(root / drafter), prompts=str(prompts_dir),
+                num_prompts=args.prompts, out=f"/tmp/bench_decode/{drafter}_{reading}", device="cpu",
+                decode=DecodeConfig(num_candidates=args.candidates, max_new_tokens=args.tokens, reading=reading)))
+            runs[f"{drafter}_{reading}"] = {k: v for k, v in result.items() if k != "per_prompt"}
+            print(drafter, reading, f"tau {result['tau']:.2f}", f"speedup {result['speedup']:.3f}", flush=True)
+    baselines = time_baselines(verifier_dir, shard_prompts(str(prompts_dir), args.prompts), args.tokens)
+    print(baselines)
+    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                         f"PyTorch {torch.__version__}",
+              "what": "eval (exact) of the quickstart drafters with both readings; AR baselines on the same prompts",
+              "runs": runs, "ar_baselines": baselines}
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
