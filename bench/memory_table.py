@@ -67,8 +67,9 @@ def counts() -> dict:
         dit = graft(verifier, DiTConfig(embed_scale=1.0))
     cfg = verifier.config
     layer_params = max(sum(p.numel() for p in layer.parameters()) for layer in verifier.lm.model.layers)
-    return {"verifier": sum(p.numel() for p in verifier.lm.parameters()), "dit": sum(p.numel() for p in dit.parameters()),
-            "dit_blocks": len(dit.blocks), "max_layer": layer_params, "cfg": cfg}
+    return {"verifier": sum(p.numel() for p in verifier.lm.parameters()),
+            "dit": sum(p.numel() for p in dit.parameters()), "dit_blocks": len(dit.blocks), "max_layer": layer_params,
+            "cfg": cfg}
 
 
 def estimate(s: Setting, n: dict, batch: int, prefix: int, block: int = 128) -> dict:

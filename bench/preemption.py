@@ -90,7 +90,8 @@ def main() -> None:
         restart_to_step = time.time() - restart
         proc.communicate()
     result = {
-        "what": "Stage A, quickstart shapes (verifier d=128, 8 layers; 4-layer DiT), ZeRO-3, gloo, batch 32 x 32 tokens",
+        "what": "Stage A, quickstart shapes (verifier d=128, 8 layers; 4-layer DiT), ZeRO-3, gloo, "
+                "batch 32 x 32 tokens",
         "nproc": args.nproc, "signal": "SIGUSR1 to the last rank", "signalled_after_step": args.signal_at,
         "stopped_at_step": stopped["step"], "signal_to_exit_s": round(signal_to_exit, 2),
         "save_s": round(summary["save_s"], 3), "checkpoint_bytes": ckpt_bytes,

@@ -177,7 +177,8 @@ def summarize(report: dict) -> str:
                      f"; {last.get('tok_s', 0):.0f} tok/s, {last.get('step_s', 0):.3f} s/step"
                      f"; export: {r['export']}")
         if name == "stage_c":
-            lines.append(f"            verifier's token accuracy on the drafts {r['eval_start']['verifier_acc']:.3f} -> "
+            lines.append("            verifier's token accuracy on the drafts "
+                         f"{r['eval_start']['verifier_acc']:.3f} -> "
                          f"{r['eval_end']['verifier_acc']:.3f}; nearest-embedding accuracy of the drafts "
                          f"{r['eval_start']['nearest_acc']:.3f} -> {r['eval_end']['nearest_acc']:.3f}")
     for drafter in ("stage_a", "stage_c"):

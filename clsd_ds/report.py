@@ -51,7 +51,8 @@ def summary(run_dir: Path) -> str:
     lines.append(f"  starts    {max(1, len(meta['starts']))}; restarts at steps {restarts or 'none'}")
     if exit_file.is_file():
         ex = json.loads(exit_file.read_text())
-        lines.append(f"  last exit {ex['reason']} at step {ex['step']}" + (f" ({ex['signal']})" if "signal" in ex else ""))
+        signal = f" ({ex['signal']})" if "signal" in ex else ""
+        lines.append(f"  last exit {ex['reason']} at step {ex['step']}{signal}")
     latest = run_dir / "checkpoints" / "latest"
     if latest.is_file():
         lines.append(f"  newest checkpoint {run_dir / 'checkpoints' / latest.read_text().strip()}")
