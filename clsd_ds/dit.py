@@ -10,6 +10,11 @@ noisy embeddings x_t, timestep t and conditioning vector C:
         h = h + g_2 * MLP(RMSNorm_2(h) * (1 + scale_2) + shift_2)
     v = Linear(RMSNorm_f(h) * (1 + scale_f) + shift_f)               (zero-init output: v = 0 at init)
 
+With ``prefix_state`` (after Orthrus) every block's mixer also continues from the verifier's state after the prefix
+for the layer it was grafted from — attention attends to that layer's prefix keys/values, the Gated DeltaNet starts
+from its conv window and recurrent matrix — and positions continue after the prefix, so the drafter reads the whole
+prefix, not only C. The state is read, never written (``verifier_state.LayerStates``).
+
 ``gate_init: zero`` (adaLN-Zero, the seed) uses g = gate, so every block is the identity at init;
 ``gate_init: one`` uses g = 1 + gate, so every block computes exactly its source Qwen layer at init.
 Why project C: C is a final-norm state whose scale is set by the verifier's norm weights, not by the timestep
@@ -38,6 +43,7 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import (
 )
 
 from .config import ConfigError
+from .verifier_state import Prefix, attention_bias
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "dit_config.json"
@@ -53,6 +59,7 @@ class DiTConfig:
     freq_dim: int = 256  # sinusoidal timestep features
     embed_scale: float | None = None  # None: RMS of the verifier's embedding matrix
     checkpointing: bool = False  # activation checkpointing per block
+    prefix_state: bool = False  # blocks continue from the verifier's prefix state of their source layers
 
     def validate(self) -> None:
         for name in ("num_layers", "block_len", "freq_dim"):
@@ -98,7 +105,7 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN[1].weight)
         nn.init.zeros_(self.adaLN[1].bias)
 
-    def forward(self, h, c, position_embeddings, attention_mask):
+    def forward(self, h, c, position_embeddings, attention_mask, states=None):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)[:, None].chunk(6, dim=-1)
         if self.gate_one:
             gate1, gate2 = 1 + gate1, 1 + gate2
@@ -106,9 +113,9 @@ class DiTBlock(nn.Module):
         x = modulate(layer.input_layernorm(h), shift1, scale1)
         # Positional arguments: ZeRO-3's hooks see only positional inputs (they release parameters after backward).
         if layer.block_type == "linear_attention":
-            mixed = layer.linear_attn(x)
+            mixed = layer.linear_attn(x, states)
         else:
-            mixed, _ = layer.self_attn(x, position_embeddings, attention_mask)
+            mixed, _ = layer.self_attn(x, position_embeddings, attention_mask, states)
         h = h + gate1 * mixed
         x = modulate(layer.post_attention_layernorm(h), shift2, scale2)
         return h + gate2 * layer.mlp(x)
@@ -163,21 +170,33 @@ class CausalDiT(nn.Module):
         dtype = self.pos_emb.dtype
         return self.t_embed(t) + self.cond_proj(cond.to(dtype))
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                prefix: Prefix | None = None) -> torch.Tensor:
         B, K, _ = x_t.shape
         if K > self.cfg.block_len:
             raise ValueError(f"block of {K} tokens is longer than dit.block_len={self.cfg.block_len}")
+        if self.cfg.prefix_state != (prefix is not None):
+            raise ValueError("the DiT was built with dit.prefix_state=true: pass the verifier's prefix state"
+                             if self.cfg.prefix_state else "a prefix state was passed to a DiT built without "
+                             "dit.prefix_state")
         h = x_t.to(self.pos_emb.dtype) * self.cfg.embed_scale + self.pos_emb[:, :K]
         c = self.conditioning(t, cond)
-        position_ids = torch.arange(K, device=h.device)[None].expand(B, K)
+        offsets = torch.arange(K, device=h.device)[None]
+        if prefix is None:
+            position_ids = offsets.expand(B, K)
+            mask = create_causal_mask(config=self.text_config, inputs_embeds=h, attention_mask=None,
+                                      past_key_values=None, position_ids=position_ids)
+            states = None
+        else:  # the block continues each prefix: positions after it, its keys visible, the DeltaNet state carried
+            position_ids = prefix.lengths.to(h.device)[:, None] + offsets
+            mask = attention_bias(torch.cat([prefix.mask, prefix.mask.new_ones(B, K)], 1), K, h.dtype)
+            states = prefix.states
         position_embeddings = self.rotary(h, position_ids[None].expand(3, B, K))  # Qwen3.5's rotary: (3, B, T)
-        mask = create_causal_mask(config=self.text_config, inputs_embeds=h, attention_mask=None,
-                                  past_key_values=None, position_ids=position_ids)
         for block in self.blocks:
             if self.cfg.checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, c, position_embeddings, mask, use_reentrant=False)
+                h = checkpoint(block, h, c, position_embeddings, mask, states, use_reentrant=False)
             else:
-                h = block(h, c, position_embeddings, mask)
+                h = block(h, c, position_embeddings, mask, states)
         return self.final(h, c)
 
 

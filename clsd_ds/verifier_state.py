@@ -14,7 +14,10 @@ DeltaNet state exactly as if the padding were not there.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import Qwen3_5ForCausalLM
 
@@ -73,6 +76,20 @@ class LayerStates:
         for name in ("keys", "values", "conv", "recurrent"):
             setattr(out, name, {i: t.repeat_interleave(n, dim=0) for i, t in getattr(self, name).items()})
         return out
+
+
+@dataclass
+class Prefix:
+    """The verifier's per-layer state after each row's (left-aligned) prefix, for ``prefix_state`` DiTs."""
+
+    states: LayerStates  # recorded by prefix_pass: read-only
+    mask: torch.Tensor  # [B, P] real prefix tokens
+    lengths: torch.Tensor  # [B] prefix lengths
+
+    def repeat_interleave(self, n: int) -> "Prefix":
+        """The same prefixes for n blocks per row."""
+        return Prefix(self.states.repeat_interleave(n), self.mask.repeat_interleave(n, dim=0),
+                      self.lengths.repeat_interleave(n, dim=0))
 
 
 def left_align(prefix: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,3 +170,13 @@ def full_pass(lm: Qwen3_5ForCausalLM, prefix_embeds: torch.Tensor, prefix_mask: 
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     return run_layers(lm, torch.cat([prefix_embeds, embeds], dim=1), positions, mask, None, new_mask=mask,
                       checkpoint_every=checkpoint_every)
+
+
+@torch.no_grad()
+def read_prefixes(lm: Qwen3_5ForCausalLM, prefix: torch.Tensor, lengths: torch.Tensor,
+                  embedding: torch.Tensor) -> tuple[torch.Tensor, Prefix]:
+    """Right-padded prefixes [B, P] of ``lengths`` -> (C: the final-norm state at each last token [B, d], the
+    per-layer state after each prefix), embedding the ids with ``embedding``."""
+    ids, mask = left_align(prefix, lengths)
+    hidden, states = prefix_pass(lm, F.embedding(ids, embedding), mask)
+    return hidden[:, -1], Prefix(states, mask, lengths.to(hidden.device))

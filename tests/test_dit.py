@@ -9,6 +9,7 @@ from conftest import BLOCK, tiny_verifier
 from clsd_ds.config import ConfigError
 from clsd_ds.dit import CausalDiT, DiTConfig, load_dit, save_dit
 from clsd_ds.graft import STRIDE_INDICES, graft, resolve_slice
+from clsd_ds.verifier_state import Prefix, continue_pass, left_align, prefix_pass
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,58 @@ def test_gate_one_blocks_equal_their_source_layers(verifier):
     for block, src in zip(dit.blocks, dit.cfg.layers):
         ref = verifier.lm.model.layers[src](h, position_embeddings=pe, attention_mask=None, position_ids=pos)
         assert torch.equal(block(h, c, pe, None), ref), f"block from layer {src} differs"
+
+
+def _prefix_and_block(verifier, lengths, seed=5):
+    """Right-padded random prefixes of ``lengths``, their left-aligned embeddings and mask, and a block of ids."""
+    g = torch.Generator().manual_seed(seed)
+    V, P = verifier.config.vocab_size, max(lengths)
+    prefix = torch.randint(0, V, (len(lengths), P), generator=g)
+    block = torch.randint(0, V, (len(lengths), BLOCK), generator=g)
+    lengths = torch.tensor(lengths)
+    ids, mask = left_align(prefix, lengths)
+    return verifier.lm.get_input_embeddings()(ids), mask, lengths, block
+
+
+@torch.no_grad()
+def test_prefix_state_dit_continues_the_verifier(verifier):
+    """A prefix-state DiT of all the verifier's layers (gate one, zero modulation, identity output) computes the
+    verifier's own final-norm states of the block after each prefix: each block continues its source layer's state
+    (attention K/V and DeltaNet conv + recurrent), at positions after the prefix, with padded prefixes."""
+    L = verifier.config.num_hidden_layers
+    dit = graft(verifier, DiTConfig(layers=list(range(L)), block_len=BLOCK, gate_init="one", prefix_state=True))
+    d = dit.text_config.hidden_size
+    dit.final.linear.weight.copy_(torch.eye(d))
+    embeds, mask, lengths, block = _prefix_and_block(verifier, [70, 9, 33])  # across the DeltaNet's 64-token chunk
+    _, states = prefix_pass(verifier.lm, embeds, mask)
+    x1 = verifier.lm.get_input_embeddings()(block) / dit.cfg.embed_scale
+    out = dit(x1, torch.rand(3), torch.randn(3, d), Prefix(states, mask, lengths))
+    reference = continue_pass(verifier.lm, x1 * dit.cfg.embed_scale, mask, lengths, states)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="dit.prefix_state=true: pass the verifier's prefix state"):
+        dit(x1, torch.rand(3), torch.randn(3, d))
+    plain = graft(verifier, DiTConfig(num_layers=4, block_len=BLOCK))
+    with pytest.raises(ValueError, match="built without dit.prefix_state"):
+        plain(x1, torch.rand(3), torch.randn(3, d), Prefix(states, mask, lengths))
+
+
+def test_prefix_state_dit_is_causal_and_trains(verifier):
+    """Block position j depends on the prefix and positions <= j only; gradients reach the DiT, not the state."""
+    dit = graft(verifier, DiTConfig(num_layers=4, block_len=BLOCK, prefix_state=True, checkpointing=True)).train()
+    _randomize_modulation(dit)
+    embeds, mask, lengths, _ = _prefix_and_block(verifier, [40, 12])
+    _, states = prefix_pass(verifier.lm, embeds, mask)
+    x, t, cond = _inputs(dit)
+    prefix = Prefix(states, mask, lengths)
+    v = dit(x, t, cond, prefix)
+    x2 = x.clone()
+    x2[:, 5:] += 1.0
+    v2 = dit(x2, t, cond, prefix)
+    assert torch.equal(v[:, :5], v2[:, :5]) and not torch.allclose(v[:, 5:], v2[:, 5:])
+    _, other = prefix_pass(verifier.lm, embeds.flip(1), mask.flip(1))  # another prefix changes every position
+    assert not torch.allclose(dit(x, t, cond, Prefix(other, mask.flip(1), lengths)), v)
+    v.pow(2).mean().backward()
+    assert all(p.grad is not None for p in dit.parameters() if p.requires_grad)
 
 
 def test_zero_init_blocks_are_the_identity(verifier):

@@ -101,7 +101,7 @@ def test_verifier_reading_is_the_verifier_after_each_soft_draft(pair):
     embed = lm.get_input_embeddings()
     hidden, states = prefix_pass(lm, embed(torch.tensor([ids])), torch.ones(1, len(ids), dtype=torch.bool), grow=True)
     noise_state = dec.generator.get_state()
-    tokens = dec.draft(hidden[:, -1:], states, len(ids), BLOCK)
+    tokens = dec.draft(hidden[:, -1:], states.repeat_interleave(3), len(ids), BLOCK)
     dec.generator.set_state(noise_state)
     x0 = torch.randn(3, BLOCK, hidden.shape[-1], generator=dec.generator, dtype=hidden.dtype)
     cond = hidden[:, -1].expand(3, -1)
@@ -162,7 +162,7 @@ def test_replicated_state_scores_every_candidate_as_its_own_pass(pair):
     embed = lm.get_input_embeddings()
     hidden, states = prefix_pass(lm, embed(torch.tensor([ids])), torch.ones(1, len(ids), dtype=torch.bool), grow=True)
     tokens = torch.randint(0, V, (5, BLOCK), generator=torch.Generator().manual_seed(0))
-    logits = dec.verify(tokens, states, len(ids), hidden[:, -1:])
+    logits = dec.verify(tokens, states.repeat_interleave(5), len(ids), hidden[:, -1:])
     for n in range(5):
         alone = lm(torch.tensor([ids + tokens[n].tolist()])).logits[0, len(ids) - 1:].float()
         torch.testing.assert_close(logits[n], alone, rtol=1e-6, atol=1e-6)  # float32 logits

@@ -1,8 +1,10 @@
 """The Stage A objective on its own (no DeepSpeed): inputs from every kind of shard give the same loss."""
 
+import pytest
 import torch
 from conftest import BLOCK, tiny_verifier
 
+from clsd_ds.config import ConfigError
 from clsd_ds.data.format import Manifest
 from clsd_ds.dit import DiTConfig
 from clsd_ds.flow import FlowConfig
@@ -11,10 +13,11 @@ from clsd_ds.train.distributed import DistInfo
 from clsd_ds.train.stage_a import StageATask
 
 
-def _task(fields):
+def _task(fields, prefix_state=False):
     verifier = tiny_verifier()
     torch.manual_seed(0)
-    task = StageATask(graft(verifier, DiTConfig(num_layers=4, block_len=BLOCK)), verifier, FlowConfig())
+    dit = graft(verifier, DiTConfig(num_layers=4, block_len=BLOCK, prefix_state=prefix_state))
+    task = StageATask(dit, verifier, FlowConfig())
     manifest = Manifest(block_len=BLOCK, prefix_len=8, fields=fields, vocab_size=320, hidden_size=64)
     task.setup(DistInfo(0, 1, 0, torch.device("cpu")), torch.float32, manifest)
     with torch.no_grad():  # a DiT that does not output zeros, so the comparison means something
@@ -55,3 +58,22 @@ def test_gradients_reach_only_the_dit():
     loss.backward()
     assert all(p.grad is None for p in task.verifier.lm.parameters())
     assert task.module.final.linear.weight.grad.abs().sum() > 0
+
+
+def test_prefix_state_drafter_runs_the_verifier_and_trains_only_the_dit():
+    task = _task(["prefix", "block", "cond"], prefix_state=True)
+    assert task.online_cond  # C in the shards, but the DiT needs the per-layer prefix state
+    with torch.no_grad():  # open the blocks' gates (zero at init: the blocks would ignore the prefix state)
+        for name, p in task.module.named_parameters():
+            if "adaLN" in name:
+                p.normal_(0, 0.05)
+    batch = _batch(True, False, task.verifier)
+    loss, _ = task.loss(task.module, batch, torch.Generator().manual_seed(7), 0)
+    loss.backward()
+    assert all(p.grad is None for p in task.verifier.lm.parameters())
+    assert all(p.grad is not None for p in task.module.parameters())
+    changed = dict(batch, prefix=batch["prefix"].flip(1))  # other prefixes (C comes from them, not the shard)
+    assert task.loss(task.module, changed, torch.Generator().manual_seed(7), 0)[0].item() != loss.item()
+    manifest = Manifest(block_len=BLOCK, prefix_len=8, fields=["emb", "cond"], vocab_size=320, hidden_size=64)
+    with pytest.raises(ConfigError, match="dit.prefix_state needs the prefixes' token ids"):
+        task.check_data(manifest, "shards/train")

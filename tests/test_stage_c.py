@@ -23,10 +23,10 @@ def test_beta_schedule():
     assert beta_at(up, 5) == pytest.approx(0.5)
 
 
-def _model(prefix_path="state", checkpointing=0):
+def _model(prefix_path="state", checkpointing=0, prefix_state=False):
     verifier = tiny_verifier()
     torch.manual_seed(0)
-    dit = graft(verifier, DiTConfig(num_layers=4, block_len=BLOCK))
+    dit = graft(verifier, DiTConfig(num_layers=4, block_len=BLOCK, prefix_state=prefix_state))
     with torch.no_grad():  # a DiT whose drafts are not all zero
         for name, p in dit.named_parameters():
             if "adaLN" in name or name.startswith("final.linear"):
@@ -82,8 +82,9 @@ def test_logits_equal_the_hf_forward_of_each_row():
             torch.testing.assert_close(ce[b], ref, rtol=1e-5, atol=1e-5)
 
 
-def test_one_step_moves_the_dit_and_not_the_verifier():
-    model, verifier = _model("state", checkpointing=1)
+@pytest.mark.parametrize("prefix_state", [False, True])
+def test_one_step_moves_the_dit_and_not_the_verifier(prefix_state):
+    model, verifier = _model("state", checkpointing=1, prefix_state=prefix_state)
     before_v = {n: p.clone() for n, p in verifier.lm.named_parameters()}
     before_d = {n: p.clone() for n, p in model.dit.named_parameters()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -103,3 +104,18 @@ def test_nearest_tokens():
     ids = torch.randint(0, 300, (4, 5))
     noisy = E[ids] + 0.01 * torch.randn(4, 5, 16)
     assert torch.equal(nearest_tokens(noisy, E, chunk=64), ids)
+
+
+@pytest.mark.parametrize("prefix_state", [False, True])
+def test_prefix_state_drafter_reads_the_whole_prefix(prefix_state):
+    """With C held fixed, other prefix tokens change the drafts (their MSE to the block) only when the DiT reads
+    the verifier's prefix state; only the changed row moves."""
+    model, _ = _model(prefix_state=prefix_state)
+    prefix, lens, block, x0 = _batch([150, 20])
+    cond = torch.randn(2, 64, generator=torch.Generator().manual_seed(3))
+    _, _, mse, *_ = model(prefix, lens, block, cond, x0, beta=0.1)
+    other = prefix.clone()
+    other[0, :50] = (other[0, :50] + 1) % 320
+    _, _, mse_other, *_ = model(other, lens, block, cond, x0, beta=0.1)
+    assert torch.equal(mse[1], mse_other[1])
+    assert torch.equal(mse[0], mse_other[0]) != prefix_state

@@ -28,7 +28,7 @@ from ..config import ConfigError
 from ..dit import CausalDiT
 from ..flow import euler_sample
 from ..verifier import nearest_tokens
-from ..verifier_state import LayerStates, continue_pass, prefix_pass
+from ..verifier_state import LayerStates, Prefix, continue_pass, prefix_pass
 from . import acceptance
 
 
@@ -129,25 +129,31 @@ class SpeculativeDecoder:
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_input_embeddings()(ids)
 
-    def draft(self, h: torch.Tensor, states: LayerStates, length: int, k: int) -> torch.Tensor:
-        """N candidate blocks [N, k] of token ids from one batched DiT sampling conditioned on C = h [1, 1, d]. The
-        DiT is causal: its first k positions are the same whether it drafts k or more."""
+    def draft(self, h: torch.Tensor, shared: LayerStates, length: int, k: int) -> torch.Tensor:
+        """N candidate blocks [N, k] of token ids from one batched DiT sampling conditioned on C = h [1, 1, d] (and,
+        for a prefix-state DiT, on ``shared``: the state replicated N times). The DiT is causal: its first k
+        positions are the same whether it drafts k or more."""
         N, d = self.cfg.num_candidates, h.shape[-1]
         cond = h[:, 0].expand(N, -1)
+        prefix = None
+        if self.dit.cfg.prefix_state:
+            prefix = Prefix(shared, torch.ones(N, length, dtype=torch.bool, device=h.device),
+                            torch.full((N,), length, device=h.device))
         x0 = torch.randn(N, k, d, generator=self.generator, device=h.device, dtype=self.embedding.dtype)
-        drafts = euler_sample(lambda x, t: self.dit(x, t, cond), x0, self.cfg.euler_steps) * self.dit.cfg.embed_scale
+        drafts = euler_sample(lambda x, t: self.dit(x, t, cond, prefix), x0, self.cfg.euler_steps)
+        drafts = drafts * self.dit.cfg.embed_scale
         if self.cfg.reading == "nearest":
             return nearest_tokens(drafts, self.embedding)
         own = self.lm.lm_head(h).argmax(-1).expand(N, 1)  # the verifier's own next token leads every candidate
         if k == 1:
             return own
-        read = self._pass(drafts[:, :-1], states.repeat_interleave(N), length)
+        read = self._pass(drafts[:, :-1], shared, length)
         return torch.cat([own, self.lm.lm_head(read).argmax(-1)], 1)
 
-    def verify(self, tokens: torch.Tensor, states: LayerStates, length: int, h: torch.Tensor) -> torch.Tensor:
-        """Verifier logits [N, K+1, V] for all candidates in one forward from the shared state."""
+    def verify(self, tokens: torch.Tensor, shared: LayerStates, length: int, h: torch.Tensor) -> torch.Tensor:
+        """Verifier logits [N, K+1, V] for all candidates in one forward from the state replicated N times."""
         N = tokens.shape[0]
-        hidden = self._pass(self._embed(tokens), states.repeat_interleave(N), length)
+        hidden = self._pass(self._embed(tokens), shared, length)
         return self.lm.lm_head(torch.cat([h.expand(N, 1, -1), hidden], 1)).float()
 
     def advance(self, new: list[int], states: LayerStates, length: int) -> torch.Tensor:
@@ -180,9 +186,10 @@ class SpeculativeDecoder:
         while len(out) < self.cfg.max_new_tokens and (eos_id is None or not out or out[-1] != eos_id) and \
                 (max_cycles is None or len(stats.accepted) < max_cycles):
             t0 = time.perf_counter()
-            tokens = self.draft(h, states, length, k)
+            shared = states.repeat_interleave(self.cfg.num_candidates)  # read-only copies for the candidates
+            tokens = self.draft(h, shared, length, k)
             t1 = time.perf_counter()
-            n, a, nxt = self.accept(self.verify(tokens, states, length, h), tokens)
+            n, a, nxt = self.accept(self.verify(tokens, shared, length, h), tokens)
             t2 = time.perf_counter()
             new = tokens[n, :a].tolist() + [nxt]
             if eos_id is not None and eos_id in new:

@@ -3,7 +3,9 @@
 For a batch of blocks: x1 = E[block] / embed_scale (or the stored embeddings), C from the shards or from the frozen
 verifier under no_grad, x0 ~ N(0, I), t ~ FlowConfig.t_sampling; loss = mean ||v_theta(x_t, t, C) - (x1 - x0)||^2.
 Only the DiT trains. When every sample carries C and the block (ids or embeddings), the verifier's layers are
-not needed: only its embedding matrix is kept on the device.
+not needed: only its embedding matrix is kept on the device. A ``dit.prefix_state`` DiT also reads the verifier's
+per-layer state after each prefix, so the verifier then runs every prefix (under no_grad), and C comes from the
+same pass.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..data.format import Manifest
 from ..dit import CausalDiT, save_dit
 from ..flow import FlowConfig, interpolate, loss_by_t_bin, per_sample_loss, sample_t, velocity_target
 from ..verifier import Verifier
+from ..verifier_state import read_prefixes
 from .distributed import DistInfo
 
 
@@ -52,9 +55,11 @@ class StageATask:
                               f"{vcfg.hidden_size}-d")
         if "block" not in manifest.fields and "emb" not in manifest.fields:
             raise ConfigError(f"{where}: samples carry neither block ids nor embeddings")
+        if cfg.prefix_state and "prefix" not in manifest.fields:
+            raise ConfigError(f"{where}: dit.prefix_state needs the prefixes' token ids, these samples carry none")
 
     def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None:
-        self.online_cond = "cond" not in manifest.fields
+        self.online_cond = "cond" not in manifest.fields or self.module.cfg.prefix_state
         lm = self.verifier.lm.to(dtype).to(dist_info.device if self.online_cond else "cpu")
         self.embedding = lm.get_input_embeddings().to(dist_info.device)
 
@@ -78,7 +83,11 @@ class StageATask:
         x1 = self.targets(batch)
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         t = sample_t(self.flow, x1.shape[0], generator, device=x1.device)
-        v = model(interpolate(x0, x1, t), t, self.cond(batch))
+        if self.module.cfg.prefix_state:
+            cond, prefix = read_prefixes(self.verifier.lm, batch["prefix"], batch["prefix_len"], self.embedding.weight)
+            v = model(interpolate(x0, x1, t), t, cond, prefix)
+        else:
+            v = model(interpolate(x0, x1, t), t, self.cond(batch))
         losses = per_sample_loss(v, velocity_target(x0, x1))
         sums, counts = loss_by_t_bin(losses, t, self.flow.t_bins)
         metrics = {"loss": (losses.detach().sum(), losses.numel())}

@@ -33,7 +33,7 @@ from ..data.format import Manifest
 from ..dit import CausalDiT, save_dit
 from ..flow import FlowConfig, euler_sample
 from ..verifier import Verifier, nearest_tokens
-from ..verifier_state import continue_pass, full_pass, left_align, prefix_pass
+from ..verifier_state import Prefix, continue_pass, full_pass, left_align, prefix_pass
 from .distributed import DistInfo
 from .stage_a import block_flops_per_token
 
@@ -94,7 +94,8 @@ class StageCModel(nn.Module):
         hidden, states = prefix_pass(lm, prefix_embeds, mask)
         if cond is None:
             cond = hidden[:, -1]  # C: the final-norm state at the last prefix token
-        x1_hat = euler_sample(lambda x, t: self.dit(x, t, cond), x0, self.flow.euler_steps)
+        prefix = Prefix(states, mask, prefix_len) if self.dit.cfg.prefix_state else None
+        x1_hat = euler_sample(lambda x, t: self.dit(x, t, cond, prefix), x0, self.flow.euler_steps)
         draft = (x1_hat * scale).to(self.embedding.dtype)
         if self.cfg.prefix_path == "state":
             reads = torch.cat([hidden[:, -1:], continue_pass(lm, draft[:, :-1], mask, prefix_len, states, ckpt)], 1)
