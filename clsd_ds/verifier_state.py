@@ -70,6 +70,13 @@ class LayerStates:
             self.recurrent[layer_idx] = state
         return state
 
+    def fork(self) -> "LayerStates":
+        """A grow-mode copy sharing the tensors: growing it replaces its entries and leaves these untouched."""
+        out = LayerStates(grow=True)
+        for name in ("keys", "values", "conv", "recurrent"):
+            setattr(out, name, dict(getattr(self, name)))
+        return out
+
     def repeat_interleave(self, n: int) -> "LayerStates":
         """The same states for n candidates per row (row b becomes rows b*n .. b*n+n-1)."""
         out = LayerStates()

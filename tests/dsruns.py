@@ -34,7 +34,7 @@ def write_config(path: Path, run_dir: Path, shards: Path, stage: str = "a", **ex
     for key, value in extra.items():
         if "__" in key:
             section, field = key.split("__")
-            cfg[section][field] = value
+            cfg.setdefault(section, {})[field] = value
         else:
             cfg[key] = value
     path.write_text(yaml.safe_dump(cfg))

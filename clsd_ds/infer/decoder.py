@@ -104,18 +104,20 @@ def check_pair(dit: CausalDiT, lm: Qwen3_5ForCausalLM) -> None:
 
 
 class SpeculativeDecoder:
-    """Decodes one prompt at a time with a frozen verifier and a CLSD drafter (both in eval mode, no grad)."""
+    """Decodes one prompt at a time with a frozen verifier and a CLSD drafter (both in eval mode, no grad).
+    Subclasses draft differently (``draft``) and may follow the text (``start`` after the prefill, ``commit``
+    after each cycle)."""
 
-    def __init__(self, lm: Qwen3_5ForCausalLM, dit: CausalDiT, cfg: DecodeConfig,
+    def __init__(self, lm: Qwen3_5ForCausalLM, drafter: CausalDiT, cfg: DecodeConfig,
                  embedding: torch.Tensor | None = None):
         """``embedding``: the verifier's embedding matrix, when the verifier's own is partitioned (ZeRO-3)."""
         cfg.validate()
-        check_pair(dit, lm)
-        self.lm, self.dit, self.cfg = lm.eval(), dit.eval(), cfg
-        self.K = cfg.block_len or dit.cfg.block_len
-        if self.K > dit.cfg.block_len:
+        check_pair(drafter, lm)
+        self.lm, self.drafter, self.cfg = lm.eval(), drafter.eval(), cfg
+        self.K = cfg.block_len or drafter.cfg.block_len
+        if isinstance(drafter, CausalDiT) and self.K > drafter.cfg.block_len:
             raise ConfigError(f"field 'decode.block_len': {self.K} is longer than the drafter's block "
-                              f"({dit.cfg.block_len})")
+                              f"({drafter.cfg.block_len})")
         self.embedding = lm.get_input_embeddings().weight if embedding is None else embedding
         self.generator = torch.Generator(device=self.embedding.device).manual_seed(cfg.seed)
 
@@ -136,12 +138,12 @@ class SpeculativeDecoder:
         N, d = self.cfg.num_candidates, h.shape[-1]
         cond = h[:, 0].expand(N, -1)
         prefix = None
-        if self.dit.cfg.prefix_state:
+        dit = self.drafter
+        if dit.cfg.prefix_state:
             prefix = Prefix(shared, torch.ones(N, length, dtype=torch.bool, device=h.device),
                             torch.full((N,), length, device=h.device))
         x0 = torch.randn(N, k, d, generator=self.generator, device=h.device, dtype=self.embedding.dtype)
-        drafts = euler_sample(lambda x, t: self.dit(x, t, cond, prefix), x0, self.cfg.euler_steps)
-        drafts = drafts * self.dit.cfg.embed_scale
+        drafts = euler_sample(lambda x, t: dit(x, t, cond, prefix), x0, self.cfg.euler_steps) * dit.cfg.embed_scale
         if self.cfg.reading == "nearest":
             return nearest_tokens(drafts, self.embedding)
         own = self.lm.lm_head(h).argmax(-1).expand(N, 1)  # the verifier's own next token leads every candidate
@@ -157,8 +159,14 @@ class SpeculativeDecoder:
         return self.lm.lm_head(torch.cat([h.expand(N, 1, -1), hidden], 1)).float()
 
     def advance(self, new: list[int], states: LayerStates, length: int) -> torch.Tensor:
-        """Grow ``states`` by the committed tokens ``new``; their final-norm hidden at the last one [1, 1, d]."""
-        return self._pass(self._embed(torch.tensor([new], device=self.embedding.device)), states, length)[:, -1:]
+        """Grow ``states`` by the committed tokens ``new``; their final-norm hidden states [1, len(new), d]."""
+        return self._pass(self._embed(torch.tensor([new], device=self.embedding.device)), states, length)
+
+    def start(self, ids: torch.Tensor, hidden: torch.Tensor) -> None:
+        """After the prefill of ``ids`` [1, L] (final-norm hidden [1, L, d]); the DiT keeps nothing."""
+
+    def commit(self, new: list[int], hidden: torch.Tensor, h: torch.Tensor, length: int) -> None:
+        """After ``new`` was committed at positions ``length``.. (hidden [1, len(new), d]; h: the one before)."""
 
     def accept(self, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[int, int, int]:
         cfg = self.cfg
@@ -181,6 +189,7 @@ class SpeculativeDecoder:
         ids = torch.tensor([prompt], device=device)
         hidden, states = prefix_pass(self.lm, self._embed(ids), torch.ones_like(ids, dtype=bool),
                                      grow=True)
+        self.start(ids, hidden)
         h, length, out, k, recent = hidden[:, -1:], len(prompt), [], self.K, float(self.K)
         stats.prefill_s = time.perf_counter() - t
         while len(out) < self.cfg.max_new_tokens and (eos_id is None or not out or out[-1] != eos_id) and \
@@ -195,7 +204,9 @@ class SpeculativeDecoder:
             if eos_id is not None and eos_id in new:
                 new = new[: new.index(eos_id) + 1]
             new = new[: self.cfg.max_new_tokens - len(out)]
-            h = self.advance(new, states, length)
+            hidden = self.advance(new, states, length)
+            self.commit(new, hidden, h, length)
+            h = hidden[:, -1:]
             length += len(new)
             out += new
             stats.accepted.append(len(new))

@@ -22,6 +22,8 @@ from ..config import ConfigError
 from ..data.reader import eval_batches
 from ..graft import load_drafter
 from ..verifier import Verifier, VerifierConfig
+from ..ar_drafter import AR_CONFIG, load_ar
+from .ar_decoder import ARSpeculativeDecoder
 from .autoregressive import Autoregressive, Baseline, sync
 from .decoder import DecodeConfig, DecodeStats, SpeculativeDecoder
 
@@ -29,7 +31,7 @@ from .decoder import DecodeConfig, DecodeStats, SpeculativeDecoder
 @dataclass
 class EvalConfig:
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
-    drafter: str = ""  # an exported DiT, or a run directory (its export, else its newest checkpoint)
+    drafter: str = ""  # an exported DiT or AR drafter, or a run directory (its export, else its newest checkpoint)
     prompts: str = ""  # a shard directory (prepare-data's val split): each sample's prefix is a prompt
     num_prompts: int = 8
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -112,21 +114,26 @@ def plot_histogram(result: dict, path: Path) -> Path:
     return path
 
 
-def load_pair(verifier_cfg: VerifierConfig, drafter: str, device: str = "auto") -> tuple[Verifier, torch.nn.Module]:
-    """The verifier (bf16 on a GPU, fp32 on the CPU) and the drafter made from it, on ``device``."""
+def load_decoder(verifier_cfg: VerifierConfig, drafter: str, decode: DecodeConfig,
+                 device: str = "auto") -> SpeculativeDecoder:
+    """The verifier (bf16 on a GPU, fp32 on the CPU) and its drafter, on ``device``, as a decoder: an AR drafter's
+    export (``ar_drafter.json``, or a run directory holding one) or a CLSD drafter (``load_drafter``)."""
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     verifier = Verifier.load(verifier_cfg, dtype=dtype, device=dev).to(dev)
-    return verifier, load_drafter(drafter, verifier, what="drafter").to(dev)
+    for path in (Path(drafter), Path(drafter) / "export"):
+        if (path / AR_CONFIG).is_file():
+            return ARSpeculativeDecoder(verifier.lm, load_ar(path, dtype, dev), decode)
+    return SpeculativeDecoder(verifier.lm, load_drafter(drafter, verifier, what="drafter").to(dev), decode)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Load the verifier and drafter, decode the prompts, write ``eval.json`` and ``tau_hist.png`` under ``out``."""
-    verifier, dit = load_pair(cfg.verifier, cfg.drafter, cfg.device)
+    decoder = load_decoder(cfg.verifier, cfg.drafter, cfg.decode, cfg.device)
     prompts = shard_prompts(cfg.prompts, cfg.num_prompts)
     baseline = None if cfg.baseline == "none" else cfg.baseline
-    result = run_eval(SpeculativeDecoder(verifier.lm, dit, cfg.decode), prompts, baseline)
-    device = verifier.device
+    result = run_eval(decoder, prompts, baseline)
+    device = decoder.lm.device
     result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 
 from ..config import ConfigError
 from ..verifier import VerifierConfig, document_start_id, load_tokenizer
-from .decoder import DecodeConfig, SpeculativeDecoder
-from .evaluate import load_pair
+from .decoder import DecodeConfig
+from .evaluate import load_decoder
 
 
 @dataclass
 class GenerateConfig:
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
-    drafter: str = ""  # an exported DiT, or a run directory
+    drafter: str = ""  # an exported DiT or AR drafter, or a run directory
     tokenizer: str | None = None  # default: verifier.path
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     device: str = "auto"
@@ -27,7 +27,7 @@ class GenerateConfig:
 
 def generate(cfg: GenerateConfig, prompt: str) -> dict:
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.verifier.path)
-    verifier, dit = load_pair(cfg.verifier, cfg.drafter, cfg.device)
+    decoder = load_decoder(cfg.verifier, cfg.drafter, cfg.decode, cfg.device)
     ids = [document_start_id(tokenizer)] + tokenizer(prompt, add_special_tokens=False)["input_ids"]  # as in training
-    out, stats = SpeculativeDecoder(verifier.lm, dit, cfg.decode).generate(ids, eos_id=tokenizer.eos_token_id)
+    out, stats = decoder.generate(ids, eos_id=tokenizer.eos_token_id)
     return {"text": tokenizer.decode(out, skip_special_tokens=True), **stats.summary(), "accepted": stats.accepted}

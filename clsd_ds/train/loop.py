@@ -67,7 +67,7 @@ class TrainConfig:
     keep_last: int = 3
     eval_every: int = 0  # 0: evaluate only before the first and after the last step (needs data.val)
     eval_batches: int = 8
-    tau_prompts: int = 0  # Stages A/C, per rank, at every evaluation: held-out prompts decoded (exact) -> τ
+    tau_prompts: int = 0  # drafter stages, per rank, at every evaluation: held-out prompts decoded (exact) -> τ
     tau_cycles: int = 4  # decoding cycles per prompt
     tau_candidates: int = 8  # drafted blocks per cycle
     keep_best_tau: bool = False  # export the drafter to <run_dir>/best_tau whenever an evaluation's τ is a new best
@@ -221,7 +221,7 @@ class Trainer:
                 gen = step_generator(self.seed, i, self.dist.rank, 0, self.dist.device, kind="eval")
                 _, metrics = self.task.loss(engine, to_device(batch, self.dist.device), gen, step)
                 acc.add(metrics)
-            if self.cfg.tau_prompts and hasattr(self.task, "decoder_parts"):
+            if self.cfg.tau_prompts and hasattr(self.task, "decoder"):
                 acc.add({"tau": self._tau(engine, batches, step)})
         engine.train()
         stats = acc.reduce(self.dist.device)
@@ -239,17 +239,15 @@ class Trainer:
         """(tokens committed, cycles) of exact speculative decoding from this rank's first held-out prefixes. Every
         rank decodes as many prompts for as many cycles (no EOS stop), so partitioned (ZeRO-3) modules are
         gathered in lockstep."""
-        from ..infer.decoder import DecodeConfig, SpeculativeDecoder
+        from ..infer.decoder import DecodeConfig
 
         prompts = [b["prefix"][i, : int(b["prefix_len"][i])].tolist() for b in batches for i in range(len(b["prefix"]))]
         count = torch.tensor([min(len(prompts), self.cfg.tau_prompts)], device=self.dist.device)
         if dist.is_initialized():
             dist.all_reduce(count, op=dist.ReduceOp.MIN)
-        lm, dit, embedding = self.task.decoder_parts(engine, self.dist.device)
         cycles = self.cfg.tau_cycles
-        cfg = DecodeConfig(num_candidates=self.cfg.tau_candidates, max_new_tokens=cycles * (dit.cfg.block_len + 1),
-                           seed=self.seed + step)
-        decoder = SpeculativeDecoder(lm, dit, cfg, embedding=embedding)
+        cfg = DecodeConfig(num_candidates=self.cfg.tau_candidates, max_new_tokens=1_000_000, seed=self.seed + step)
+        decoder = self.task.decoder(engine, self.dist.device, cfg)
         committed = sum(len(decoder.generate(p, max_cycles=cycles)[0]) for p in prompts[: int(count)])
         return committed, int(count) * cycles
 

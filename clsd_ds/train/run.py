@@ -2,6 +2,7 @@
 
     stage a   Stage A rectified flow of the DiT grafted from the verifier
     stage c   Stage C alignment of the DiT through the frozen verifier (usually ``init_from`` a Stage A run)
+    stage ar  the autoregressive (EAGLE-style) baseline drafter, on the same shards
     stage lm  next-token pretraining of a small random-init verifier (the embedded default's fixture)
 """
 
@@ -12,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from ..ar_drafter import ARDrafterConfig, ar_graft
 from ..config import ConfigError, to_dict
 from ..data.reader import DataConfig
 from ..dit import CausalDiT, DiTConfig
@@ -23,19 +25,21 @@ from .lm import LMTask
 from .loop import LogConfig, OptimConfig, Trainer, TrainConfig, compute_dtype, read_ds_config
 from .preemption import StopRequest
 from .stage_a import StageATask
+from .stage_ar import ARTask
 from .stage_c import StageCConfig, StageCTask
 
 
 @dataclass
 class RunConfig:
     run_dir: str = "runs/stage_a"
-    stage: Literal["a", "c", "lm"] = "a"
+    stage: Literal["a", "c", "ar", "lm"] = "a"
     seed: int = 0
     init_from: str | None = None  # the DiT's start: an export directory, or a run directory (export or checkpoint)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     stage_c: StageCConfig = field(default_factory=StageCConfig)
+    ar: ARDrafterConfig = field(default_factory=ARDrafterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -60,6 +64,8 @@ def build_task(cfg: RunConfig, dtype, device):
     verifier = Verifier.load(cfg.verifier, dtype=dtype, seed=cfg.seed, device=device)
     if cfg.stage == "lm":
         return LMTask(verifier.lm)
+    if cfg.stage == "ar":
+        return ARTask(ar_graft(verifier, cfg.ar), verifier)
     if cfg.stage == "c":
         return StageCTask(initial_dit(verifier, cfg), verifier, cfg.flow, cfg.stage_c)
     return StageATask(initial_dit(verifier, cfg), verifier, cfg.flow)

@@ -63,11 +63,12 @@ class StageATask:
         lm = self.verifier.lm.to(dtype).to(dist_info.device if self.online_cond else "cpu")
         self.embedding = lm.get_input_embeddings().to(dist_info.device)
 
-    def decoder_parts(self, engine, device) -> tuple:
-        """(verifier, drafter, embedding matrix) for the τ evaluation; the verifier moves to ``device`` if it
-        stayed on the CPU (C precomputed in the shards)."""
-        lm = self.verifier.lm.to(device)
-        return lm, engine.module, lm.get_input_embeddings().weight
+    def decoder(self, engine, device, cfg):
+        """The speculative decoder for the τ evaluation; the verifier moves to ``device`` if it stayed on the CPU
+        (C precomputed in the shards)."""
+        from ..infer.decoder import SpeculativeDecoder
+
+        return SpeculativeDecoder(self.verifier.lm.to(device), engine.module, cfg)
 
     def targets(self, batch: dict) -> torch.Tensor:
         """x1: the block's embeddings in the unit-RMS space, fp32."""

@@ -148,9 +148,12 @@ class StageCTask:
                       "mse": (mse.sum(), n), "beta": (beta, 1), "verifier_acc": (verifier_acc.sum(), n),
                       "nearest_acc": (nearest_acc.sum(), n)}
 
-    def decoder_parts(self, engine, device) -> tuple:
-        """(verifier, drafter, embedding matrix) for the τ evaluation (the matrix is a plain copy under ZeRO-3)."""
-        return engine.module.verifier, engine.module.dit, engine.module.embedding
+    def decoder(self, engine, device, cfg):
+        """The speculative decoder for the τ evaluation (with a plain copy of the embedding matrix under ZeRO-3)."""
+        from ..infer.decoder import SpeculativeDecoder
+
+        m = engine.module
+        return SpeculativeDecoder(m.verifier, m.dit, cfg, embedding=m.embedding)
 
     def flops_per_token(self) -> float:
         """Per block token: DiT fwd+bwd per Euler step, verifier fwd + activation-grad bwd (4N), prefix fwd (2N)."""
