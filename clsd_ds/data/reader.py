@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -199,6 +200,10 @@ class ShardLoader:
         self.first_worker = self.dataset.first_worker
         self.batches = 0
         self.skipped = {}
+        if cfg.num_workers and sys.version_info < (3, 11, 8):
+            log.warning("Python %s can deadlock a DataLoader worker while it is forked from the multi-threaded "
+                        "trainer (CPython gh-112275, fixed in 3.11.8): the run would then wait for it forever; use "
+                        "Python >= 3.11.8 or data.num_workers=0", sys.version.split()[0])
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers,
                                  pin_memory=pin_memory, prefetch_factor=4 if cfg.num_workers else None,
                                  worker_init_fn=leave_stop_signals_to_the_trainer if cfg.num_workers else None)
