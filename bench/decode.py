@@ -3,8 +3,9 @@
     python bench/decode.py [--run runs/quickstart] [--prompts 4] [--candidates 16] [--tokens 32] [--out FILE]
 
 For the Stage A and the Stage C drafter of a finished quickstart, ``eval`` (exact mode) with ``decode.reading``
-``nearest`` and ``verifier``; then both autoregressive baselines on the same prompts: the static-cache loop (what
-``eval`` compares against by default) and HF's cached ``generate``.
+``nearest`` and ``verifier``; the Stage A drafter under the lossy ``guillotine`` rule at three thresholds (how many
+leading tokens stay the verifier's greedy text); then both autoregressive baselines on the same prompts: the
+static-cache loop (what ``eval`` compares against by default) and HF's cached ``generate``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def main() -> None:
                 decode=DecodeConfig(num_candidates=args.candidates, max_new_tokens=args.tokens, reading=reading)))
             runs[f"{drafter}_{reading}"] = {k: v for k, v in result.items() if k != "per_prompt"}
             print(drafter, reading, f"tau {result['tau']:.2f}", f"speedup {result['speedup']:.3f}", flush=True)
+    for threshold in (0.05, 0.2, 0.5):  # the lossy rule: how long the outputs stay on the greedy text
+        result = evaluate(EvalConfig(
+            verifier=VerifierConfig(path=str(verifier_dir)), drafter=str(root / "stage_a"), prompts=str(prompts_dir),
+            num_prompts=args.prompts, out=f"/tmp/bench_decode/guillotine_{threshold}", device="cpu",
+            decode=DecodeConfig(num_candidates=args.candidates, max_new_tokens=args.tokens, acceptance="guillotine",
+                                threshold=threshold)))
+        runs[f"stage_a_guillotine_{threshold}"] = {k: v for k, v in result.items() if k != "per_prompt"}
+        print("guillotine", threshold, f"tau {result['tau']:.2f}", f"same as greedy {result['same_as_baseline']}",
+              f"agrees for {result['agrees_for_mean']:.1f} tokens", flush=True)
     baselines = time_baselines(verifier_dir, shard_prompts(str(prompts_dir), args.prompts), args.tokens)
     print(baselines)
     report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "

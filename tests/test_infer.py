@@ -273,6 +273,8 @@ def test_eval_command_measures_and_checks_greedy(verifier_dir, exported_drafter,
     assert sum(int(k) * v for k, v in result["tau_histogram"].items()) == 30
     assert result["tau"] == 30 / result["cycles"] and result["speedup"] > 0 and result["baseline_tok_s"] > 0
     assert result["tokens_per_verifier_call"] == 30 / (2 * result["cycles"])  # verification + state advance
+    for r in result["per_prompt"]:  # the static-cache baseline's text: equal, or how many leading tokens agree
+        assert (r["agrees_for"] == r["tokens"]) == r["same_as_baseline"] and 0 <= r["agrees_for"] <= r["tokens"]
     assert set(result["cycle_ms"]) == {"draft_s", "verify_s", "advance_s"}
     assert all(1 <= r["prompt_tokens"] <= PREFIX for r in result["per_prompt"])  # the samples' prefixes
     assert '"tau"' in proc.stdout and (out / "tau_hist.png").stat().st_size > 1000

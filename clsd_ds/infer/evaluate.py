@@ -81,6 +81,8 @@ def run_eval(decoder: SpeculativeDecoder, prompts: list[list[int]],
             ar_out, seconds = ar.decode(prompt, len(out))
             ar_s += seconds
             record["same_as_baseline"] = ar_out == out
+            # how far a lossy rule (guillotine) stays on the verifier's greedy text: tokens before the first change
+            record["agrees_for"] = next((i for i, (a, b) in enumerate(zip(out, ar_out)) if a != b), len(out))
         per_prompt.append(record)
     tokens = sum(total.accepted)
     cycles = max(len(total.accepted), 1)
@@ -92,7 +94,8 @@ def run_eval(decoder: SpeculativeDecoder, prompts: list[list[int]],
         result["greedy_outputs"] = f"{greedy_ok}/{len(prompts)}"
     if ar:
         result.update(baseline=baseline, baseline_tok_s=tokens / ar_s, speedup=ar_s / spec_s,
-                      same_as_baseline=f"{sum(r['same_as_baseline'] for r in per_prompt)}/{len(prompts)}")
+                      same_as_baseline=f"{sum(r['same_as_baseline'] for r in per_prompt)}/{len(prompts)}",
+                      agrees_for_mean=sum(r["agrees_for"] for r in per_prompt) / len(prompts))
     return result
 
 
