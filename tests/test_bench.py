@@ -26,3 +26,21 @@ def test_suite_tiny_writes_json_table_and_heat_map(tmp_path):
     table = result_file.with_suffix(".md").read_text()
     assert table.count("\n| ") == 1 + len(grid)  # header + one row per grid point
     assert result_file.with_suffix(".png").stat().st_size > 1000
+
+
+def test_drafter_comparison_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
+    """bench/drafters.py --tiny: corpus, tokenizer, verifier, the three drafters and the K x N grid; every decode in
+    the grid reproduces the verifier's greedy text."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(REPO / "bench" / "drafters.py"), "--tiny", "--run", str(tmp_path / "run"),
+                    "--out", str(tmp_path / "out" / "grid")], check=True, env=env, cwd=REPO, capture_output=True,
+                   text=True)
+    report = json.loads((tmp_path / "out" / "grid.json").read_text())
+    grid = report["grid"]
+    assert {(r["drafter"], r["K"], r["N"]) for r in grid} == {
+        (d, k, n) for d in ("clsd_adaln", "clsd_prefix", "ar") for k in (4, 8) for n in (1, 4)}
+    assert all(r["greedy_outputs"] == "2/2" for r in grid)
+    assert all(1 <= r["tau"] <= r["K"] + 1 for r in grid)
+    assert report["budget"]["ar_steps"] >= 1 and report["verifier_heldout_ce"] > 0
+    assert (tmp_path / "out" / "grid.png").stat().st_size > 1000
+    assert "| ar | 8 |" in (tmp_path / "out" / "grid.md").read_text()

@@ -1,0 +1,212 @@
+"""Does the drafter work? τ of three drafters for the same mini verifier, side by side.
+
+    python bench/drafters.py [--run runs/drafters] [--tiny] [--out bench/results/<device>-<date>-drafters]
+
+Stages (each skipped when its output exists, so a rerun continues; ``--tiny`` shrinks everything for CI):
+    corpus      the Python standard library's own source files (a real corpus every machine has), one document each
+    tokenizer   a byte-level BPE trained on them;  tokens: prepare-data, held-out documents in val
+    verifier    a small Qwen3.5 verifier pretrained on them (stage lm); its held-out next-token CE is recorded
+    clsd_adaln      the seed's drafter: adaLN conditioning on C, Stage A then Stage C
+    clsd_prefix     the same with dit.prefix_state: every DiT layer continues from its source layer's prefix state
+    ar              the EAGLE-style autoregressive drafter (stage ar), trained for as many drafter FLOPs as the DiTs
+    grid        eval (exact mode) of every drafter on held-out prompts for K x N, against the static-cache baseline
+Writes the grid as JSON, a Markdown table and a PNG (τ against K, one line per drafter and N). The same script runs
+at real scale with a GPU by changing the sizes below (the stages only call the project's own commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clsd_ds.ar_drafter import ARDrafterConfig, ar_graft  # noqa: E402
+from clsd_ds.data.format import MANIFEST  # noqa: E402
+from clsd_ds.data.reader import DataConfig  # noqa: E402
+from clsd_ds.data.tokenizer import train_tokenizer  # noqa: E402
+from clsd_ds.data.writer import PrepareConfig, prepare_data  # noqa: E402
+from clsd_ds.dit import DiTConfig  # noqa: E402
+from clsd_ds.flow import FlowConfig  # noqa: E402
+from clsd_ds.graft import graft  # noqa: E402
+from clsd_ds.infer.decoder import DecodeConfig  # noqa: E402
+from clsd_ds.infer.evaluate import EvalConfig, evaluate  # noqa: E402
+from clsd_ds.quickstart import TINY_VERIFIER  # noqa: E402
+from clsd_ds.train.loop import LogConfig, OptimConfig, TrainConfig  # noqa: E402
+from clsd_ds.train.run import RunConfig, run  # noqa: E402
+from clsd_ds.train.stage_c import StageCConfig  # noqa: E402
+from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer  # noqa: E402
+
+DRAFTERS = ("clsd_adaln", "clsd_prefix", "ar")
+
+
+@dataclass
+class Sizes:
+    files: int = 0  # standard-library files used (0: all)
+    vocab: int = 1024
+    block_len: int = 32
+    prefix_len: int = 96
+    verifier: dict = field(default_factory=lambda: dict(TINY_VERIFIER))
+    verifier_steps: int = 400
+    dit_layers: int = 4
+    stage_a_steps: int = 300
+    stage_c_steps: int = 100
+    batch: int = 16
+    ks: tuple = (8, 16, 32)
+    ns: tuple = (1, 4, 16, 32)
+    prompts: int = 4
+    tokens: int = 32
+
+
+TINY = Sizes(files=20, vocab=512, block_len=8, prefix_len=24,
+             verifier={**TINY_VERIFIER, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+                       "head_dim": 16, "linear_key_head_dim": 16, "linear_value_head_dim": 16},
+             verifier_steps=20, dit_layers=2, stage_a_steps=10, stage_c_steps=4, batch=8, ks=(4, 8), ns=(1, 4),
+             prompts=2, tokens=12)
+
+
+def stdlib_files(limit: int) -> list[str]:
+    files = sorted(glob.glob(str(Path(sysconfig.get_paths()["stdlib"]) / "*.py")))
+    return files[:limit] if limit else files
+
+
+def train(run_dir: Path, s: Sizes, data: DataConfig, steps: int, lr: float, **sections) -> dict:
+    summary = run(RunConfig(run_dir=str(run_dir), data=data, log=LogConfig(progress=False),
+                            optim=OptimConfig(lr=lr, warmup_steps=max(1, steps // 10)),
+                            train=TrainConfig(steps=steps, batch_size=s.batch, ds_config="ds_configs/cpu_zero1.json",
+                                              log_every=max(1, steps // 4), save_every=steps, keep_last=1,
+                                              eval_batches=4), **sections))
+    if summary["exit"] != "finished":
+        raise SystemExit(f"{run_dir}: stopped by a signal after a checkpoint; run again to continue")
+    return summary
+
+
+def drafter_flops(s: Sizes, verifier_dir: Path) -> dict:
+    """Training FLOPs per step of the drafters' own weights (6 per parameter and trained position): the DiT over
+    K block tokens (Stage C: per Euler step), the AR drafter over all P + K positions of a sample."""
+    verifier = Verifier.load(VerifierConfig(path=str(verifier_dir)))
+    dit = graft(verifier, DiTConfig(num_layers=s.dit_layers, block_len=s.block_len))
+    dit = sum(p.numel() for p in dit.parameters())
+    ar = sum(p.numel() for p in ar_graft(verifier, ARDrafterConfig()).parameters())
+    euler = FlowConfig().euler_steps
+    dit_total = 6 * dit * s.batch * s.block_len * (s.stage_a_steps + euler * s.stage_c_steps)
+    ar_step = 6 * ar * s.batch * (s.prefix_len + s.block_len)
+    return {"dit_params": dit, "ar_params": ar, "dit_flops": dit_total, "ar_steps": math.ceil(dit_total / ar_step)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/drafters")
+    ap.add_argument("--tiny", action="store_true", help="CI sizes: a smoke run of every stage")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    s = TINY if args.tiny else Sizes()
+    root = Path(args.run)
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    report: dict = {"sizes": {k: v for k, v in vars(s).items()}}
+
+    tok_dir, tokens = root / "tokenizer", root / "tokens"
+    files = stdlib_files(s.files)
+    if not (tok_dir / "tokenizer.json").is_file():
+        train_tokenizer((Path(f).read_text(errors="replace") for f in files), s.vocab, tok_dir)
+    if not (tokens / "val" / MANIFEST).is_file():
+        report["tokens"] = prepare_data(PrepareConfig(
+            input=files, out=str(tokens), tokenizer=str(tok_dir), block_len=s.block_len, prefix_len=s.prefix_len,
+            val_fraction=max(0.05, 2 / len(files)), shard_samples=2000, overwrite=True))  # >= 2 held-out files
+    data = DataConfig(train=str(tokens / "train"), val=str(tokens / "val"), num_workers=1)
+    vocab = -(-len(load_tokenizer(str(tok_dir))) // 64) * 64
+
+    verifier_dir = root / "verifier" / "export"
+    if not (verifier_dir / "config.json").is_file():
+        report["verifier"] = train(root / "verifier", s, data, s.verifier_steps, 3e-3, stage="lm",
+                                   verifier=VerifierConfig(random_init={**s.verifier, "vocab_size": vocab}))
+    verifier = VerifierConfig(path=str(verifier_dir))
+    budget = drafter_flops(s, verifier_dir)
+    report["budget"] = budget
+    dit = dict(num_layers=s.dit_layers, block_len=s.block_len)
+    for name, prefix_state in (("clsd_adaln", False), ("clsd_prefix", True)):
+        a_dir, c_dir = root / f"{name}_a", root / name
+        if not (a_dir / "export").is_dir():
+            train(a_dir, s, data, s.stage_a_steps, 1e-3, stage="a", verifier=verifier,
+                  dit=DiTConfig(**dit, prefix_state=prefix_state))
+        if not (c_dir / "export").is_dir():
+            train(c_dir, s, data, s.stage_c_steps, 1e-3, stage="c", init_from=str(a_dir), verifier=verifier,
+                  stage_c=StageCConfig(beta_steps=s.stage_c_steps))
+    if not (root / "ar" / "export").is_dir():
+        train(root / "ar", s, data, budget["ar_steps"], 1e-3, stage="ar", verifier=verifier,
+              ar=ARDrafterConfig(block_len=s.block_len))
+
+    grid = []
+    for name in DRAFTERS:
+        for k in s.ks:
+            for n in s.ns:
+                r = evaluate(EvalConfig(verifier=verifier, drafter=str(root / name), prompts=str(tokens / "val"),
+                                        num_prompts=s.prompts, out=str(root / "eval" / f"{name}_k{k}_n{n}"),
+                                        decode=DecodeConfig(num_candidates=n, block_len=k, max_new_tokens=s.tokens)))
+                grid.append({"drafter": name, "K": k, "N": n, **{key: r[key] for key in (
+                    "tau", "tau_histogram", "tokens_per_verifier_call", "spec_tok_s", "baseline_tok_s", "speedup",
+                    "greedy_outputs", "cycle_ms", "device")}})
+                print(json.dumps({key: grid[-1][key] for key in ("drafter", "K", "N", "tau", "speedup")}), flush=True)
+    report["grid"] = grid
+    evals = [r for r in map(json.loads, (root / "verifier" / "metrics.jsonl").open()) if r["kind"] == "eval"]
+    report["verifier_heldout_ce"] = evals[-1]["loss"]
+    report["seconds"] = round(time.time() - t0, 1)
+    out = Path(args.out or REPO / "bench" / "results" / f"{grid[0]['device'].replace(' ', '-').lower()}-"
+               f"{date.today()}-drafters{'_tiny' if args.tiny else ''}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+    out.with_suffix(".md").write_text(table(report))
+    plot(report, out.with_suffix(".png"))
+    print(table(report))
+
+
+def table(report: dict) -> str:
+    grid, ns = report["grid"], sorted({r["N"] for r in report["grid"]})
+    b = report["budget"]
+    lines = [f"Verifier held-out CE {report['verifier_heldout_ce']:.3f}; DiT {b['dit_params']:,} params, AR drafter "
+             f"{b['ar_params']:,} params trained {b['ar_steps']} steps for the DiTs' {b['dit_flops']:.3g} drafter "
+             f"FLOPs; device {grid[0]['device']}. Cells: τ (speedup vs the static-cache AR baseline).", "",
+             "| drafter | K | " + " | ".join(f"N = {n}" for n in ns) + " |", "|---|---|" + "---|" * len(ns)]
+    for name in DRAFTERS:
+        for k in sorted({r["K"] for r in grid}):
+            cells = {r["N"]: r for r in grid if r["drafter"] == name and r["K"] == k}
+            lines.append(f"| {name} | {k} | " + " | ".join(
+                f"{cells[n]['tau']:.2f} ({cells[n]['speedup']:.2f}×)" for n in ns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = report["grid"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, color in zip(DRAFTERS, ("tab:blue", "tab:orange", "tab:green")):
+        for n, style in zip(sorted({r["N"] for r in grid}), ("-", "--", "-.", ":")):
+            rows = sorted((r for r in grid if r["drafter"] == name and r["N"] == n), key=lambda r: r["K"])
+            ax.plot([r["K"] for r in rows], [r["tau"] for r in rows], style, color=color, marker="o",
+                    label=f"{name}, N={n}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("K (tokens per candidate)")
+    ax.set_ylabel("τ (tokens per cycle)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
