@@ -14,13 +14,11 @@ branch at the first drafted token (its N most likely values), each continued gre
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 from transformers import Qwen3_5TextConfig
 from transformers.models.qwen3_5.modeling_qwen3_5 import (
     Qwen3_5DecoderLayer,
@@ -29,10 +27,11 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import (
 )
 
 from .config import ConfigError
+from .export import read_export, write_export
 from .verifier import Verifier
 from .verifier_state import LayerStates, attention_bias
 
-AR_WEIGHTS, AR_CONFIG = "model.safetensors", "ar_drafter.json"
+AR_CONFIG = "ar_drafter.json"
 
 
 @dataclass
@@ -88,20 +87,12 @@ def ar_graft(verifier: Verifier, cfg: ARDrafterConfig) -> ARDrafter:
 
 def save_ar(state_dict: dict[str, torch.Tensor], text_config: Qwen3_5TextConfig, cfg: ARDrafterConfig,
             out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(out / (AR_WEIGHTS + ".tmp")))
-    (out / (AR_WEIGHTS + ".tmp")).replace(out / AR_WEIGHTS)
-    meta = {"format": "clsd-ar-drafter", "version": 1, "ar": asdict(cfg), "verifier_config": text_config.to_dict()}
-    (out / AR_CONFIG).write_text(json.dumps(meta, indent=1))
-    return out
+    return write_export(out_dir, state_dict, AR_CONFIG, {"format": "clsd-ar-drafter", "version": 1,
+                                                         "ar": asdict(cfg)}, text_config)
 
 
 def load_ar(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> ARDrafter:
-    path = Path(path)
-    meta = json.loads((path / AR_CONFIG).read_text())
-    text_config = Qwen3_5TextConfig.from_dict(meta["verifier_config"])
-    text_config._attn_implementation = meta["verifier_config"].get("_attn_implementation_internal") or "sdpa"
+    meta, text_config, state = read_export(path, AR_CONFIG, "load_ar")
     drafter = ARDrafter(text_config, ARDrafterConfig(**meta["ar"]))
-    drafter.load_state_dict(load_file(str(path / AR_WEIGHTS)), strict=True)
+    drafter.load_state_dict(state, strict=True)
     return drafter.to(device=device, dtype=dtype)

@@ -24,7 +24,6 @@ sums C as-is, like the seed).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 from transformers import Qwen3_5TextConfig
 from transformers.masking_utils import create_causal_mask
@@ -43,9 +41,9 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import (
 )
 
 from .config import ConfigError
+from .export import read_export, write_export
 from .verifier_state import Prefix, attention_bias
 
-EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "dit_config.json"
 
 
@@ -203,26 +201,13 @@ class CausalDiT(nn.Module):
 def save_dit(state_dict: dict[str, torch.Tensor], text_config: Qwen3_5TextConfig, cfg: DiTConfig,
              out_dir: str | Path) -> Path:
     """Write ``model.safetensors`` + ``dit_config.json``: everything ``load_dit`` needs, no DeepSpeed."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    save_file(tensors, str(out / (EXPORT_WEIGHTS + ".tmp")))
-    (out / (EXPORT_WEIGHTS + ".tmp")).replace(out / EXPORT_WEIGHTS)
-    meta = {"format": "clsd-dit", "version": 1, "dit": asdict(cfg), "verifier_config": text_config.to_dict()}
-    (out / EXPORT_CONFIG).write_text(json.dumps(meta, indent=1))
-    return out
+    return write_export(out_dir, state_dict, EXPORT_CONFIG, {"format": "clsd-dit", "version": 1, "dit": asdict(cfg)},
+                        text_config)
 
 
 def load_dit(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> CausalDiT:
     """Rebuild an exported DiT from its directory (strict: every weight must be present and used)."""
-    path = Path(path)
-    cfg_file, weights = path / EXPORT_CONFIG, path / EXPORT_WEIGHTS
-    for f in (cfg_file, weights):
-        if not f.is_file():
-            raise ConfigError(f"load_dit: '{f}' is missing; expected a directory written by save_dit / the trainer")
-    meta = json.loads(cfg_file.read_text())
-    text_config = Qwen3_5TextConfig.from_dict(meta["verifier_config"])
-    text_config._attn_implementation = meta["verifier_config"].get("_attn_implementation_internal") or "sdpa"
+    meta, text_config, state = read_export(path, EXPORT_CONFIG, "load_dit")
     dit = CausalDiT(text_config, DiTConfig(**meta["dit"]))
-    dit.load_state_dict(load_file(str(weights)), strict=True)
+    dit.load_state_dict(state, strict=True)
     return dit.to(device=device, dtype=dtype)

@@ -13,10 +13,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from .config import ConfigError
-from .dit import EXPORT_CONFIG, EXPORT_WEIGHTS, CausalDiT, DiTConfig
+from .dit import EXPORT_CONFIG, CausalDiT, DiTConfig
+from .export import read_export
 from .verifier import Verifier
 
 STRIDE_INDICES = [0, 3, 6, 9, 12, 15, 18, 21, 24, 26, 28, 31]
@@ -69,9 +68,8 @@ def load_drafter(source: str | Path, verifier: Verifier, checkpointing: bool = F
     if (source / "export" / EXPORT_CONFIG).is_file():
         source = source / "export"
     if (source / EXPORT_CONFIG).is_file():
-        meta = json.loads((source / EXPORT_CONFIG).read_text())
+        meta, _, state = read_export(source, EXPORT_CONFIG, what)
         arch, made_for = DiTConfig(**meta["dit"]), meta["verifier_config"]
-        state = load_file(str(source / EXPORT_WEIGHTS))
     elif (tag := latest_tag(source / "checkpoints")) is not None and (source / "config.json").is_file():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

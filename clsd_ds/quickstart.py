@@ -26,7 +26,8 @@ from .data.format import MANIFEST
 from .data.reader import DataConfig
 from .data.tokenizer import train_tokenizer
 from .data.writer import PrepareConfig, prepare_data
-from .dit import EXPORT_WEIGHTS, DiTConfig
+from .dit import DiTConfig
+from .export import EXPORT_WEIGHTS
 from .flow import FlowConfig
 from .infer.decoder import DecodeConfig
 from .infer.evaluate import EvalConfig, evaluate
