@@ -148,13 +148,18 @@ def main() -> None:
               ar=ARDrafterConfig(block_len=s.block_len))
 
     grid = []
-    for name in DRAFTERS:
+    for label, name, reading, ns in cells(s):
         for k in s.ks:
-            for n in s.ns:
-                r = evaluate(EvalConfig(verifier=verifier, drafter=str(root / name), prompts=str(tokens / "val"),
-                                        num_prompts=s.prompts, out=str(root / "eval" / f"{name}_k{k}_n{n}"),
-                                        decode=DecodeConfig(num_candidates=n, block_len=k, max_new_tokens=s.tokens)))
-                grid.append({"drafter": name, "K": k, "N": n, **{key: r[key] for key in (
+            for n in ns:
+                out = root / "eval" / f"{label}_k{k}_n{n}"
+                if (out / "eval.json").is_file():  # measured by an earlier run of this script
+                    r = json.loads((out / "eval.json").read_text())
+                else:
+                    r = evaluate(EvalConfig(verifier=verifier, drafter=str(root / name), prompts=str(tokens / "val"),
+                                            num_prompts=s.prompts, out=str(out), decode=DecodeConfig(
+                                                num_candidates=n, block_len=k, max_new_tokens=s.tokens,
+                                                reading=reading)))
+                grid.append({"drafter": label, "K": k, "N": n, **{key: r[key] for key in (
                     "tau", "tau_histogram", "tokens_per_verifier_call", "spec_tok_s", "baseline_tok_s", "speedup",
                     "greedy_outputs", "cycle_ms", "device")}})
                 print(json.dumps({key: grid[-1][key] for key in ("drafter", "K", "N", "tau", "speedup")}), flush=True)
@@ -171,6 +176,13 @@ def main() -> None:
     print(table(report))
 
 
+def cells(s: Sizes) -> list[tuple[str, str, str, tuple]]:
+    """(label, drafter, reading, N values): every drafter as decoded by default, and the two CLSD drafters also
+    with their drafts read by the verifier (``decode.reading: verifier``) at the smallest and largest N."""
+    rows = [(name, name, "nearest", s.ns) for name in DRAFTERS]
+    return rows + [(f"{name}+vread", name, "verifier", (s.ns[0], s.ns[-1])) for name in DRAFTERS[:2]]
+
+
 def table(report: dict) -> str:
     grid, ns = report["grid"], sorted({r["N"] for r in report["grid"]})
     b = report["budget"]
@@ -178,11 +190,11 @@ def table(report: dict) -> str:
              f"{b['ar_params']:,} params trained {b['ar_steps']} steps for the DiTs' {b['dit_flops']:.3g} drafter "
              f"FLOPs; device {grid[0]['device']}. Cells: τ (speedup vs the static-cache AR baseline).", "",
              "| drafter | K | " + " | ".join(f"N = {n}" for n in ns) + " |", "|---|---|" + "---|" * len(ns)]
-    for name in DRAFTERS:
+    for name in dict.fromkeys(r["drafter"] for r in grid):
         for k in sorted({r["K"] for r in grid}):
-            cells = {r["N"]: r for r in grid if r["drafter"] == name and r["K"] == k}
+            row = {r["N"]: r for r in grid if r["drafter"] == name and r["K"] == k}
             lines.append(f"| {name} | {k} | " + " | ".join(
-                f"{cells[n]['tau']:.2f} ({cells[n]['speedup']:.2f}×)" for n in ns) + " |")
+                f"{row[n]['tau']:.2f} ({row[n]['speedup']:.2f}×)" if n in row else "—" for n in ns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -193,10 +205,13 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     grid = report["grid"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, color in zip(DRAFTERS, ("tab:blue", "tab:orange", "tab:green")):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red")
+    for name, color in zip(dict.fromkeys(r["drafter"] for r in grid), colors):
         for n, style in zip(sorted({r["N"] for r in grid}), ("-", "--", "-.", ":")):
             rows = sorted((r for r in grid if r["drafter"] == name and r["N"] == n), key=lambda r: r["K"])
+            if not rows:
+                continue
             ax.plot([r["K"] for r in rows], [r["tau"] for r in rows], style, color=color, marker="o",
                     label=f"{name}, N={n}")
     ax.set_xscale("log", base=2)

@@ -37,8 +37,9 @@ def test_drafter_comparison_tiny_runs_every_stage_and_decodes_greedily(tmp_path)
                    text=True)
     report = json.loads((tmp_path / "out" / "grid.json").read_text())
     grid = report["grid"]
-    assert {(r["drafter"], r["K"], r["N"]) for r in grid} == {
-        (d, k, n) for d in ("clsd_adaln", "clsd_prefix", "ar") for k in (4, 8) for n in (1, 4)}
+    drafters = ("clsd_adaln", "clsd_prefix", "ar", "clsd_adaln+vread", "clsd_prefix+vread")
+    expected = {(d, k, n) for d in drafters for k in (4, 8) for n in (1, 4)}
+    assert {(r["drafter"], r["K"], r["N"]) for r in grid} == expected
     assert all(r["greedy_outputs"] == "2/2" for r in grid)
     assert all(1 <= r["tau"] <= r["K"] + 1 for r in grid)
     assert report["budget"]["ar_steps"] >= 1 and report["verifier_heldout_ce"] > 0
