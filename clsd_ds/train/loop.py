@@ -280,7 +280,7 @@ class Trainer:
             ds_config["checkpoint"] = {"load_universal": True}
         engine, lr_scheduler = self._engine(ds_config, use_ds_opt)
         step, samples, data_state, note = self._resume(engine, load_tag, micro)
-        self.best_tau = best_tau(self.run_dir)[0]  # read by every rank before any rank can write it
+        self.best_tau = best_tau(self.run_dir)  # read by every rank before any rank can write it
         loader = ShardLoader(self.data_cfg, self.data_cfg.train, micro, d.rank, world, state=data_state,
                              pin_memory=d.device.type == "cuda")
         val = eval_batches(self.data_cfg.val, micro, d.rank, world, self.cfg.eval_batches) if val_manifest else []
@@ -426,13 +426,10 @@ class Trainer:
 BEST_TAU = "best_tau"
 
 
-def best_tau(run_dir: Path) -> tuple[float, int | None]:
-    """(τ, step) of the drafter kept in ``<run_dir>/best_tau`` ((-inf, None) when none is)."""
+def best_tau(run_dir: Path) -> float:
+    """τ of the drafter kept in ``<run_dir>/best_tau`` (-inf when none is)."""
     record = Path(run_dir) / BEST_TAU / "best_tau.json"
-    if not record.is_file():
-        return -math.inf, None
-    saved = json.loads(record.read_text())
-    return saved["tau"], saved["step"]
+    return json.loads(record.read_text())["tau"] if record.is_file() else -math.inf
 
 
 def _sum_over_ranks(value: int, device) -> int:

@@ -33,7 +33,7 @@ from ..data.format import Manifest
 from ..dit import CausalDiT, save_dit
 from ..flow import FlowConfig, euler_sample
 from ..verifier import Verifier, nearest_tokens
-from ..verifier_state import Prefix, continue_pass, full_pass, left_align, prefix_pass
+from ..verifier_state import continue_pass, full_pass, left_align, read_prefixes
 from .distributed import DistInfo
 from .stage_a import block_flops_per_token
 
@@ -89,18 +89,18 @@ class StageCModel(nn.Module):
 
     def forward(self, prefix, prefix_len, block, cond, x0, beta: float):
         lm, scale, ckpt = self.verifier, self.dit.cfg.embed_scale, self.cfg.verifier_checkpointing
-        ids, mask = left_align(prefix, prefix_len)
-        prefix_embeds = F.embedding(ids, self.embedding)
-        hidden, states = prefix_pass(lm, prefix_embeds, mask)
+        last, state = read_prefixes(lm, prefix, prefix_len, self.embedding)  # last: C, the final-norm state there
         if cond is None:
-            cond = hidden[:, -1]  # C: the final-norm state at the last prefix token
-        prefix = Prefix(states, mask, prefix_len) if self.dit.cfg.prefix_state else None
-        x1_hat = euler_sample(lambda x, t: self.dit(x, t, cond, prefix), x0, self.flow.euler_steps)
+            cond = last
+        x1_hat = euler_sample(lambda x, t: self.dit(x, t, cond, state if self.dit.cfg.prefix_state else None), x0,
+                              self.flow.euler_steps)
         draft = (x1_hat * scale).to(self.embedding.dtype)
         if self.cfg.prefix_path == "state":
-            reads = torch.cat([hidden[:, -1:], continue_pass(lm, draft[:, :-1], mask, prefix_len, states, ckpt)], 1)
+            reads = torch.cat([last[:, None], continue_pass(lm, draft[:, :-1], state.mask, state.lengths,
+                                                            state.states, ckpt)], 1)
         else:
-            reads = full_pass(lm, prefix_embeds, mask, draft[:, :-1], ckpt)[:, mask.shape[1] - 1:]
+            ids, mask = left_align(prefix, prefix_len)
+            reads = full_pass(lm, F.embedding(ids, self.embedding), mask, draft[:, :-1], ckpt)[:, mask.shape[1] - 1:]
         logits = lm.lm_head(reads).float()
         ce = F.cross_entropy(logits.flatten(0, 1), block.flatten(), reduction="none").view_as(block)
         target = F.embedding(block, self.embedding).float() / scale
