@@ -9,9 +9,11 @@ Stages (each skipped when its output exists, so a rerun continues; ``--tiny`` sh
     clsd_adaln      the seed's drafter: adaLN conditioning on C, Stage A then Stage C
     clsd_prefix     the same with dit.prefix_state: every DiT layer continues from its source layer's prefix state
     ar              the EAGLE-style autoregressive drafter (stage ar), trained for as many drafter FLOPs as the DiTs
+    *@<long_block>  both DiTs again at the longer block (shards cut for it), steps scaled to the same drafter FLOPs:
+                    a DiT drafts at most its own block, so these serve the K beyond block_len
     grid        eval (exact mode) of every drafter on held-out prompts for K x N, against the static-cache baseline
-Writes the grid as JSON, a Markdown table and a PNG (τ against K, one line per drafter and N). The same script runs
-at real scale with a GPU by changing the sizes below (the stages only call the project's own commands).
+Writes the grid as JSON, a Markdown table and a PNG (τ and speedup against K, a line per drafter and N). The same
+script runs at real scale with a GPU by changing the sizes below (the stages only call the project's own commands).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from clsd_ds.train.run import RunConfig, run  # noqa: E402
 from clsd_ds.train.stage_c import StageCConfig  # noqa: E402
 from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer  # noqa: E402
 
-DRAFTERS = ("clsd_adaln", "clsd_prefix", "ar")
+DITS = (("clsd_adaln", False), ("clsd_prefix", True))  # (name, dit.prefix_state)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Sizes:
     files: int = 0  # standard-library files used (0: all)
     vocab: int = 1024
     block_len: int = 32
+    long_block: int = 128  # the DiTs for K > block_len
     prefix_len: int = 96
     verifier: dict = field(default_factory=lambda: dict(TINY_VERIFIER))
     verifier_steps: int = 400
@@ -62,16 +65,16 @@ class Sizes:
     stage_a_steps: int = 300
     stage_c_steps: int = 100
     batch: int = 16
-    ks: tuple = (8, 16, 32)
+    ks: tuple = (8, 16, 32, 64, 128)
     ns: tuple = (1, 4, 16, 32)
     prompts: int = 4
     tokens: int = 32
 
 
-TINY = Sizes(files=20, vocab=512, block_len=8, prefix_len=24,
+TINY = Sizes(files=20, vocab=512, block_len=8, long_block=16, prefix_len=24,
              verifier={**TINY_VERIFIER, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
                        "head_dim": 16, "linear_key_head_dim": 16, "linear_value_head_dim": 16},
-             verifier_steps=20, dit_layers=2, stage_a_steps=10, stage_c_steps=4, batch=8, ks=(4, 8), ns=(1, 4),
+             verifier_steps=20, dit_layers=2, stage_a_steps=10, stage_c_steps=4, batch=8, ks=(4, 8, 16), ns=(1, 4),
              prompts=2, tokens=12)
 
 
@@ -91,17 +94,26 @@ def train(run_dir: Path, s: Sizes, data: DataConfig, steps: int, lr: float, **se
     return summary
 
 
+def dit_steps(s: Sizes, block: int) -> tuple[int, int]:
+    """Stage A and Stage C steps of a DiT trained at ``block``: the block_len DiTs' steps scaled by block_len / block,
+    the same drafter FLOPs."""
+    return tuple(max(1, round(n * s.block_len / block)) for n in (s.stage_a_steps, s.stage_c_steps))
+
+
 def drafter_flops(s: Sizes, verifier_dir: Path) -> dict:
-    """Training FLOPs per step of the drafters' own weights (6 per parameter and trained position): the DiT over
-    K block tokens (Stage C: per Euler step), the AR drafter over all P + K positions of a sample."""
+    """Training FLOPs of the drafters' own weights (6 per parameter and trained position): the DiT over K block
+    tokens (Stage C: per Euler step), the AR drafter over all P + K positions of a sample; its steps match the
+    block_len DiTs' total."""
     verifier = Verifier.load(VerifierConfig(path=str(verifier_dir)))
-    dit = graft(verifier, DiTConfig(num_layers=s.dit_layers, block_len=s.block_len))
-    dit = sum(p.numel() for p in dit.parameters())
+    euler, out = FlowConfig().euler_steps, {}
+    for key, block in (("", s.block_len), ("_long", s.long_block)):
+        dit = graft(verifier, DiTConfig(num_layers=s.dit_layers, block_len=block))
+        a, c = dit_steps(s, block)
+        out[f"dit_params{key}"] = sum(p.numel() for p in dit.parameters())
+        out[f"dit_flops{key}"] = 6 * out[f"dit_params{key}"] * s.batch * block * (a + euler * c)
     ar = sum(p.numel() for p in ar_graft(verifier, ARDrafterConfig()).parameters())
-    euler = FlowConfig().euler_steps
-    dit_total = 6 * dit * s.batch * s.block_len * (s.stage_a_steps + euler * s.stage_c_steps)
     ar_step = 6 * ar * s.batch * (s.prefix_len + s.block_len)
-    return {"dit_params": dit, "ar_params": ar, "dit_flops": dit_total, "ar_steps": math.ceil(dit_total / ar_step)}
+    return {**out, "ar_params": ar, "ar_steps": math.ceil(out["dit_flops"] / ar_step)}
 
 
 def main() -> None:
@@ -116,46 +128,52 @@ def main() -> None:
     t0 = time.time()
     report: dict = {"sizes": {k: v for k, v in vars(s).items()}}
 
-    tok_dir, tokens = root / "tokenizer", root / "tokens"
+    if max(s.ks) > s.long_block:
+        raise SystemExit(f"K {max(s.ks)} is longer than the longest DiT block ({s.long_block})")
+    tok_dir = root / "tokenizer"
     files = stdlib_files(s.files)
     if not (tok_dir / "tokenizer.json").is_file():
         train_tokenizer((Path(f).read_text(errors="replace") for f in files), s.vocab, tok_dir)
-    if not (tokens / "val" / MANIFEST).is_file():
-        report["tokens"] = prepare_data(PrepareConfig(
-            input=files, out=str(tokens), tokenizer=str(tok_dir), block_len=s.block_len, prefix_len=s.prefix_len,
-            val_fraction=max(0.05, 2 / len(files)), shard_samples=2000, overwrite=True))  # >= 2 held-out files
-    data = DataConfig(train=str(tokens / "train"), val=str(tokens / "val"), num_workers=1)
+    tokens = {s.block_len: root / "tokens", s.long_block: root / f"tokens_{s.long_block}"}  # shards per DiT block
+    data = {}
+    for block, out in tokens.items():
+        if not (out / "val" / MANIFEST).is_file():
+            report[f"tokens_{block}"] = prepare_data(PrepareConfig(
+                input=files, out=str(out), tokenizer=str(tok_dir), block_len=block, prefix_len=s.prefix_len,
+                val_fraction=max(0.05, 2 / len(files)), shard_samples=2000, overwrite=True))  # >= 2 held-out files
+        data[block] = DataConfig(train=str(out / "train"), val=str(out / "val"), num_workers=0)  # no fork: gh-112275
     vocab = -(-len(load_tokenizer(str(tok_dir))) // 64) * 64
 
     verifier_dir = root / "verifier" / "export"
     if not (verifier_dir / "config.json").is_file():
-        report["verifier"] = train(root / "verifier", s, data, s.verifier_steps, 3e-3, stage="lm",
+        report["verifier"] = train(root / "verifier", s, data[s.block_len], s.verifier_steps, 3e-3, stage="lm",
                                    verifier=VerifierConfig(random_init={**s.verifier, "vocab_size": vocab}))
     verifier = VerifierConfig(path=str(verifier_dir))
     budget = drafter_flops(s, verifier_dir)
     report["budget"] = budget
-    dit = dict(num_layers=s.dit_layers, block_len=s.block_len)
-    for name, prefix_state in (("clsd_adaln", False), ("clsd_prefix", True)):
-        a_dir, c_dir = root / f"{name}_a", root / name
-        if not (a_dir / "export").is_dir():
-            train(a_dir, s, data, s.stage_a_steps, 1e-3, stage="a", verifier=verifier,
-                  dit=DiTConfig(**dit, prefix_state=prefix_state))
-        if not (c_dir / "export").is_dir():
-            train(c_dir, s, data, s.stage_c_steps, 1e-3, stage="c", init_from=str(a_dir), verifier=verifier,
-                  stage_c=StageCConfig(beta_steps=s.stage_c_steps))
+    for block in tokens:
+        a_steps, c_steps = dit_steps(s, block)
+        for name, prefix_state in DITS:
+            a_dir, c_dir = root / f"{dit_run(s, name, block)}_a", root / dit_run(s, name, block)
+            if not (a_dir / "export").is_dir():
+                train(a_dir, s, data[block], a_steps, 1e-3, stage="a", verifier=verifier,
+                      dit=DiTConfig(num_layers=s.dit_layers, block_len=block, prefix_state=prefix_state))
+            if not (c_dir / "export").is_dir():
+                train(c_dir, s, data[block], c_steps, 1e-3, stage="c", init_from=str(a_dir), verifier=verifier,
+                      stage_c=StageCConfig(beta_steps=c_steps))
     if not (root / "ar" / "export").is_dir():
-        train(root / "ar", s, data, budget["ar_steps"], 1e-3, stage="ar", verifier=verifier,
+        train(root / "ar", s, data[s.block_len], budget["ar_steps"], 1e-3, stage="ar", verifier=verifier,
               ar=ARDrafterConfig(block_len=s.block_len))
 
-    grid = []
-    for label, name, reading, ns in cells(s):
-        for k in s.ks:
+    grid, prompts = [], str(tokens[s.block_len] / "val")
+    for label, name, reading, ks, ns in cells(s):
+        for k in ks:
             for n in ns:
                 out = root / "eval" / f"{label}_k{k}_n{n}"
                 if (out / "eval.json").is_file():  # measured by an earlier run of this script
                     r = json.loads((out / "eval.json").read_text())
                 else:
-                    r = evaluate(EvalConfig(verifier=verifier, drafter=str(root / name), prompts=str(tokens / "val"),
+                    r = evaluate(EvalConfig(verifier=verifier, drafter=str(root / name), prompts=prompts,
                                             num_prompts=s.prompts, out=str(out), decode=DecodeConfig(
                                                 num_candidates=n, block_len=k, max_new_tokens=s.tokens,
                                                 reading=reading)))
@@ -176,11 +194,22 @@ def main() -> None:
     print(table(report))
 
 
-def cells(s: Sizes) -> list[tuple[str, str, str, tuple]]:
-    """(label, drafter, reading, N values): every drafter as decoded by default, and the two CLSD drafters also
-    with their drafts read by the verifier (``decode.reading: verifier``) at the smallest and largest N."""
-    rows = [(name, name, "nearest", s.ns) for name in DRAFTERS]
-    return rows + [(f"{name}+vread", name, "verifier", (s.ns[0], s.ns[-1])) for name in DRAFTERS[:2]]
+def dit_run(s: Sizes, name: str, block: int) -> str:
+    """The run (and grid label) of the DiT ``name`` trained at ``block``."""
+    return name if block == s.block_len else f"{name}@{block}"
+
+
+def cells(s: Sizes) -> list[tuple[str, str, str, tuple, tuple]]:
+    """(label, drafter run, reading, K values, N values): every drafter as decoded by default (the block_len DiTs for
+    K up to their block, the long_block DiTs beyond it, the AR drafter for all K), and the block_len DiTs also with
+    their drafts read by the verifier (``decode.reading: verifier``) at the smallest and largest N."""
+    short, long = tuple(k for k in s.ks if k <= s.block_len), tuple(k for k in s.ks if k > s.block_len)
+    rows = []
+    for name, _ in DITS:
+        rows += [(name, name, "nearest", short, s.ns)] + \
+            ([(dit_run(s, name, s.long_block),) * 2 + ("nearest", long, s.ns)] if long else [])
+    rows.append(("ar", "ar", "nearest", s.ks, s.ns))
+    return rows + [(f"{name}+vread", name, "verifier", short, (s.ns[0], s.ns[-1])) for name, _ in DITS]
 
 
 def table(report: dict) -> str:
@@ -188,10 +217,11 @@ def table(report: dict) -> str:
     b = report["budget"]
     lines = [f"Verifier held-out CE {report['verifier_heldout_ce']:.3f}; DiT {b['dit_params']:,} params, AR drafter "
              f"{b['ar_params']:,} params trained {b['ar_steps']} steps for the DiTs' {b['dit_flops']:.3g} drafter "
-             f"FLOPs; device {grid[0]['device']}. Cells: τ (speedup vs the static-cache AR baseline).", "",
+             f"FLOPs (the @{report['sizes']['long_block']} DiTs: {b['dit_flops_long']:.3g}); device "
+             f"{grid[0]['device']}. Cells: τ (speedup vs the static-cache AR baseline).", "",
              "| drafter | K | " + " | ".join(f"N = {n}" for n in ns) + " |", "|---|---|" + "---|" * len(ns)]
     for name in dict.fromkeys(r["drafter"] for r in grid):
-        for k in sorted({r["K"] for r in grid}):
+        for k in sorted({r["K"] for r in grid if r["drafter"] == name}):
             row = {r["N"]: r for r in grid if r["drafter"] == name and r["K"] == k}
             lines.append(f"| {name} | {k} | " + " | ".join(
                 f"{row[n]['tau']:.2f} ({row[n]['speedup']:.2f}×)" if n in row else "—" for n in ns) + " |")
@@ -205,20 +235,20 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     grid = report["grid"]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    colors = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red")
-    for name, color in zip(dict.fromkeys(r["drafter"] for r in grid), colors):
-        for n, style in zip(sorted({r["N"] for r in grid}), ("-", "--", "-.", ":")):
-            rows = sorted((r for r in grid if r["drafter"] == name and r["N"] == n), key=lambda r: r["K"])
-            if not rows:
-                continue
-            ax.plot([r["K"] for r in rows], [r["tau"] for r in rows], style, color=color, marker="o",
-                    label=f"{name}, N={n}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("K (tokens per candidate)")
-    ax.set_ylabel("τ (tokens per cycle)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    colors = ("tab:blue", "tab:cyan", "tab:orange", "tab:olive", "tab:green", "tab:purple", "tab:red")
+    for ax, key, label in zip(axes, ("tau", "speedup"), ("τ (tokens per cycle)", "speedup vs the static-cache AR")):
+        for name, color in zip(dict.fromkeys(r["drafter"] for r in grid), colors):
+            for n, style in zip(sorted({r["N"] for r in grid}), ("-", "--", "-.", ":")):
+                rows = sorted((r for r in grid if r["drafter"] == name and r["N"] == n), key=lambda r: r["K"])
+                if rows:
+                    ax.plot([r["K"] for r in rows], [r[key] for r in rows], style, color=color, marker="o",
+                            label=f"{name}, N={n}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("K (tokens per candidate)")
+        ax.set_ylabel(label)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=7)
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -32,14 +34,21 @@ def test_drafter_comparison_tiny_runs_every_stage_and_decodes_greedily(tmp_path)
     """bench/drafters.py --tiny: corpus, tokenizer, verifier, the three drafters and the K x N grid; every decode in
     the grid reproduces the verifier's greedy text."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(REPO / "bench" / "drafters.py"), "--tiny", "--run", str(tmp_path / "run"),
-                    "--out", str(tmp_path / "out" / "grid")], check=True, env=env, cwd=REPO, capture_output=True,
-                   text=True)
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "drafters.py"), "--tiny", "--run",
+                           str(tmp_path / "run"), "--out", str(tmp_path / "out" / "grid")], env=env, cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "grid.json").read_text())
     grid = report["grid"]
-    drafters = ("clsd_adaln", "clsd_prefix", "ar", "clsd_adaln+vread", "clsd_prefix+vread")
-    expected = {(d, k, n) for d in drafters for k in (4, 8) for n in (1, 4)}
+    short = ("clsd_adaln", "clsd_prefix", "clsd_adaln+vread", "clsd_prefix+vread")  # DiTs trained at block 8
+    expected = {(d, k, n) for d in short for k in (4, 8) for n in (1, 4)} | \
+        {(d, 16, n) for d in ("clsd_adaln@16", "clsd_prefix@16") for n in (1, 4)} | \
+        {("ar", k, n) for k in (4, 8, 16) for n in (1, 4)}
     assert {(r["drafter"], r["K"], r["N"]) for r in grid} == expected
+    for name in ("clsd_adaln@16", "clsd_prefix@16"):  # K 16 is drafted by DiTs trained at that block
+        exported = json.loads((tmp_path / "run" / name / "export" / "dit_config.json").read_text())
+        assert exported["dit"]["block_len"] == 16
+    assert report["budget"]["dit_flops_long"] == pytest.approx(report["budget"]["dit_flops"], rel=0.05)
     assert all(r["greedy_outputs"] == "2/2" for r in grid)
     assert all(1 <= r["tau"] <= r["K"] + 1 for r in grid)
     assert report["budget"]["ar_steps"] >= 1 and report["verifier_heldout_ce"] > 0
