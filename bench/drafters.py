@@ -134,7 +134,9 @@ def main() -> None:
     files = stdlib_files(s.files)
     if not (tok_dir / "tokenizer.json").is_file():
         train_tokenizer((Path(f).read_text(errors="replace") for f in files), s.vocab, tok_dir)
-    tokens = {s.block_len: root / "tokens", s.long_block: root / f"tokens_{s.long_block}"}  # shards per DiT block
+    tokens = {s.block_len: root / "tokens"}  # shards per DiT block; the long_block DiTs only when a K needs them
+    if max(s.ks) > s.block_len:
+        tokens[s.long_block] = root / f"tokens_{s.long_block}"
     data = {}
     for block, out in tokens.items():
         if not (out / "val" / MANIFEST).is_file():
