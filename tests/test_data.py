@@ -64,6 +64,14 @@ def test_manifest_reports_bytes_per_sample(shards):
         assert json.loads((shards / split / MANIFEST).read_text())["bytes_per_sample"] == round(on_disk / m.samples, 1)
 
 
+def test_vocabulary_check_names_the_split_and_both_sizes(shards):
+    m = Manifest.read(shards / "train")
+    m.check_vocab(m.vocab_size, "data.train")  # ids fit: no error
+    with pytest.raises(ConfigError, match=rf"^data.train: shards use a vocabulary of {m.vocab_size} tokens, "
+                                          rf"the verifier has {m.vocab_size - 1}$"):
+        m.check_vocab(m.vocab_size - 1, "data.train")
+
+
 def epoch0_keys(directory, rank, world, workers, reads) -> list[str]:
     stream = ShardStream(directory, 1, rank, world, workers, seed=5)
     keys = []

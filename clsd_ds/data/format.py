@@ -68,6 +68,11 @@ class Manifest:
     def bytes_per_sample(self) -> float:
         return self.bytes / max(1, self.samples)
 
+    def check_vocab(self, vocab: int, where: str, model: str = "the verifier has") -> None:
+        """A clear error when the shards' token ids can exceed the model's vocabulary of ``vocab``."""
+        if self.vocab_size > vocab:
+            raise ConfigError(f"{where}: shards use a vocabulary of {self.vocab_size} tokens, {model} {vocab}")
+
     def write(self, directory: str | Path) -> None:
         data = asdict(self)
         data["samples"], data["bytes_per_sample"] = self.samples, round(self.bytes_per_sample, 1)

@@ -51,10 +51,7 @@ class LMTask:
         self.block_len = self.prefix_len = None
 
     def check_data(self, manifest: Manifest, where: str) -> None:
-        vocab = self.module.lm.config.vocab_size
-        if manifest.vocab_size > vocab:
-            raise ConfigError(f"{where}: shards use a vocabulary of {manifest.vocab_size} tokens, "
-                              f"verifier.random_init.vocab_size is {vocab}")
+        manifest.check_vocab(self.module.lm.config.vocab_size, where, "verifier.random_init.vocab_size is")
         if "block" not in manifest.fields:
             raise ConfigError(f"{where}: language-model pretraining needs block token ids")
         self.tokenizer_dir = self.tokenizer_dir or manifest.tokenizer

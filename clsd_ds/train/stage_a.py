@@ -47,9 +47,7 @@ class StageATask:
         if manifest.block_len != cfg.block_len:
             raise ConfigError(f"{where}: shards hold {manifest.block_len}-token blocks but dit.block_len is "
                               f"{cfg.block_len}")
-        if manifest.vocab_size > vcfg.vocab_size:
-            raise ConfigError(f"{where}: shards use a vocabulary of {manifest.vocab_size} tokens, the verifier has "
-                              f"{vcfg.vocab_size}")
+        manifest.check_vocab(vcfg.vocab_size, where)
         if manifest.hidden_size not in (None, vcfg.hidden_size):
             raise ConfigError(f"{where}: shards store {manifest.hidden_size}-d vectors, the verifier is "
                               f"{vcfg.hidden_size}-d")

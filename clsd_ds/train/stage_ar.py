@@ -61,12 +61,9 @@ class ARTask:
         self.seq_len = self.block_len = None
 
     def check_data(self, manifest: Manifest, where: str) -> None:
-        vocab = self.module.verifier.config.vocab_size
         if "block" not in manifest.fields or "prefix" not in manifest.fields:
             raise ConfigError(f"{where}: the AR drafter trains on token ids (prefix and block)")
-        if manifest.vocab_size > vocab:
-            raise ConfigError(f"{where}: shards use a vocabulary of {manifest.vocab_size} tokens, the verifier has "
-                              f"{vocab}")
+        manifest.check_vocab(self.module.verifier.config.vocab_size, where)
         self.seq_len, self.block_len = manifest.prefix_len + manifest.block_len, manifest.block_len
 
     def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None:

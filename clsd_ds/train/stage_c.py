@@ -127,9 +127,7 @@ class StageCTask:
         if "block" not in manifest.fields:
             raise ConfigError(f"{where}: Stage C needs the blocks' token ids (CE targets); embedding-only shards "
                               f"can train Stage A only")
-        if manifest.vocab_size > vcfg.vocab_size:
-            raise ConfigError(f"{where}: shards use a vocabulary of {manifest.vocab_size} tokens, the verifier has "
-                              f"{vcfg.vocab_size}")
+        manifest.check_vocab(vcfg.vocab_size, where)
         self.prefix_len = manifest.prefix_len
 
     def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None:
