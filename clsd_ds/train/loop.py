@@ -245,7 +245,7 @@ class Trainer:
         count = torch.tensor([min(len(prompts), self.cfg.tau_prompts)], device=self.dist.device)
         if dist.is_initialized():
             dist.all_reduce(count, op=dist.ReduceOp.MIN)
-        cycles = self.cfg.tau_cycles
+        cycles = self.cfg.tau_cycles  # bounds the decoding (max_cycles below), not max_new_tokens
         cfg = DecodeConfig(num_candidates=self.cfg.tau_candidates, max_new_tokens=1_000_000, seed=self.seed + step)
         decoder = self.task.decoder(engine, self.dist.device, cfg)
         committed = sum(len(decoder.generate(p, max_cycles=cycles)[0]) for p in prompts[: int(count)])
