@@ -3,7 +3,9 @@
 Every component owns a small config dataclass (``DiTConfig`` in ``dit.py``, ``FlowConfig`` in ``flow.py`` ...);
 this module only knows how to fill such a dataclass from a mapping and report what is wrong with it:
 
-    cfg = load_config(RunConfig, "configs/stage_a.yaml", ["optim.lr=3e-4", "train.steps=100"])
+    cfg = load_config(RunConfig, "configs/stage_a_9b.yaml", ["optim.lr=3e-4", "train.steps=100"])
+
+A config file is found as given, else among the files shipped with the package (``shipped.py``).
 
 Errors name the source file, the dotted field and what was expected.
 """
@@ -183,6 +185,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Load ``cls`` from an optional file plus ``KEY=VALUE`` overrides; errors name the file and field."""
+    if path is not None:
+        from .shipped import resolve  # shipped.py reports through ConfigError, defined here
+
+        path = resolve(path, "config file")
     data = read_mapping(path) if path is not None else {}
     apply_overrides(data, overrides or [])
     source = str(path) if path is not None else "<defaults>"

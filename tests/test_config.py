@@ -40,7 +40,7 @@ def test_unknown_field_suggests(tmp_path):
 
 
 def test_missing_file_and_bad_override(tmp_path):
-    with pytest.raises(ConfigError, match="config file '.*nope.yaml' does not exist"):
+    with pytest.raises(ConfigError, match="config file '.*nope.yaml' names no file; looked for .*nope.yaml"):
         load_config(RunConfig, tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(RunConfig, None, ["train.steps"])

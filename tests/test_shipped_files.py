@@ -9,6 +9,7 @@ from conftest import REPO
 
 from clsd_ds.config import load_config
 from clsd_ds.data.writer import PrepareConfig
+from clsd_ds.shipped import PACKAGE
 from clsd_ds.train.loop import OptimConfig, build_ds_config
 from clsd_ds.train.run import RunConfig
 
@@ -16,7 +17,7 @@ from clsd_ds.train.run import RunConfig
 @pytest.mark.parametrize("name", ["stage_a_9b.yaml", "stage_c_9b.yaml", "prepare_numina.yaml"])
 def test_configs_load(name):
     cls = PrepareConfig if name.startswith("prepare") else RunConfig
-    cfg = load_config(cls, REPO / "configs" / name)
+    cfg = load_config(cls, f"configs/{name}")  # the shipped name, from any directory
     if name == "stage_a_9b.yaml":
         assert cfg.dit.num_layers == 12 and cfg.dit.block_len == 128 and cfg.train.batch_size == 32
         assert cfg.optim.lr == 1e-4
@@ -24,7 +25,7 @@ def test_configs_load(name):
         assert cfg.stage == "c" and cfg.init_from and cfg.stage_c.beta_start == 0.1
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "ds_configs").glob("*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((PACKAGE / "ds_configs").glob("*.json")), ids=lambda p: p.name)
 def test_ds_configs_are_accepted(path):
     cfg, _ = build_ds_config(str(path), OptimConfig(), 32, 4, 1)
     assert cfg["train_batch_size"] == 32 and "zero_optimization" in cfg

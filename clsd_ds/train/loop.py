@@ -26,12 +26,12 @@ import torch.distributed as dist
 from ..config import ConfigError, read_mapping
 from ..data.format import Manifest
 from ..data.reader import ShardLoader, ShardStream, eval_batches
+from ..shipped import resolve
 from . import checkpoint, faults, runinfo
 from .distributed import DistInfo
 from .metrics import Accumulator, MetricsLog, peak_tflops
 from .preemption import StopRequest
 
-REPO = Path(__file__).resolve().parents[2]
 OWNED_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                  "gradient_clipping", "optimizer", "scheduler")
 
@@ -124,10 +124,8 @@ def micro_batching(batch_size: int, micro: int | None, world: int) -> tuple[int,
 
 
 def read_ds_config(path: str) -> dict:
-    """A DeepSpeed JSON file, looked up as given, then relative to the repository (``ds_configs/...``)."""
-    if not Path(path).is_file() and (REPO / path).is_file():
-        path = str(REPO / path)
-    return read_mapping(path)
+    """A DeepSpeed JSON file, looked up as given, then among the shipped ones (``ds_configs/NAME.json``)."""
+    return read_mapping(resolve(path, "train.ds_config"))
 
 
 def build_ds_config(path: str, optim: OptimConfig, batch: int, micro: int, accum: int) -> tuple[dict, bool]:
