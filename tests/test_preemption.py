@@ -69,7 +69,7 @@ def signalled_run(shards, tmp_path_factory):
     run_dir = tmp / "run"
     cfg = write_config(tmp / "a.yaml", run_dir, shards, log__wandb=True)
     at_step = random.Random().randrange(2, STEPS - 1)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", WANDB_MODE="offline")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", WANDB_MODE="offline")
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.Popen([torchrun, "--nproc_per_node", "2", "--master_port", "29631", "-m", "clsd_ds", "train",
                              "--config", str(cfg)], cwd=REPO, env=env, start_new_session=True,
@@ -219,20 +219,24 @@ def test_two_rank_zero3_checkpoint_resumes_on_one_rank(stage_a_run, tmp_path):
     assert json.loads((run_dir / "checkpoints" / tag_for(14) / COMPLETE).read_text())["world_size"] == 1
 
 
-def _worker(ready) -> None:
-    leave_stop_signals_to_the_trainer()
+def _worker(ready, trainer) -> None:
+    leave_stop_signals_to_the_trainer(0, trainer=trainer)
     ready.set()
     time.sleep(120)
 
 
-def test_workers_obey_sigterm_only_from_their_parent():
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_workers_obey_sigterm_only_from_the_trainer(start):
     """Slurm's TERM to the whole step must not end a DataLoader worker under a training process that is about to
-    checkpoint; DataLoader's shutdown and the interpreter's exit (``terminate()`` by the parent) must."""
+    checkpoint; DataLoader's shutdown and the interpreter's exit (``terminate()`` by the trainer) must — also when
+    the worker's parent is a forkserver rather than the trainer."""
     import multiprocessing
 
-    ctx = multiprocessing.get_context("fork")  # as DataLoader's workers on Linux
+    ctx = multiprocessing.get_context(start)
+    if start == "forkserver":
+        ctx.set_forkserver_preload(["clsd_ds.data.worker_server"])  # as the reader sets it (a no-op if running)
     ready = ctx.Event()
-    worker = ctx.Process(target=_worker, args=(ready,), daemon=True)
+    worker = ctx.Process(target=_worker, args=(ready, os.getpid()), daemon=True)
     worker.start()
     try:
         assert ready.wait(30)

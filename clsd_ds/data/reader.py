@@ -7,6 +7,14 @@ index is g modulo G. Inside a shard, samples are permuted by (seed, e, shard). S
 once per epoch, in an order fixed by the seed. Workers stream forever (epoch after epoch) and batch themselves;
 PyTorch's DataLoader hands out their batches round-robin, so a rank's batch sequence is fixed too.
 
+Worker processes start with ``data.worker_start``. ``fork`` copies the training process, threads and all: on
+CPython < 3.11.8 a child forked from the multi-threaded trainer can deadlock in the interpreter's after-fork code
+(gh-112275) and the run then waits forever. ``forkserver`` forks workers from a small single-threaded server
+process instead (it imports this module once, so a worker starts as fast as a fork; ``worker_server.py``).
+``auto`` takes forkserver where fork is known to deadlock, fork elsewhere (measured in ``bench/worker_start.py``;
+``spawn`` is not offered: a fresh interpreter starts a thread with SIGTERM unblocked before the worker's own set-up,
+so Slurm's SIGTERM to every process of a step would end the worker).
+
 Position: per logical worker (epoch, shard index in its plan, samples taken from that shard), carried in every
 batch, plus which worker is next. Restoring it skips whole shards by the manifest's counts, then the samples
 already taken, and rotates worker ids so the round-robin resumes where it stopped.
@@ -14,7 +22,10 @@ already taken, and rotates worker ids so the round-robin resumes where it stoppe
 
 from __future__ import annotations
 
+import functools
 import logging
+import multiprocessing
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -26,7 +37,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import ConfigError
-from ..train.preemption import leave_stop_signals_to_the_trainer
+from ..train.preemption import leave_stop_signals_to_the_trainer, stop_signals_blocked
 from .format import Manifest, ShardError, decode_sample
 
 log = logging.getLogger("clsd_ds.data")
@@ -37,6 +48,7 @@ class DataConfig:
     train: str = ""  # shard directory written by prepare-data (holds manifest.json)
     val: str | None = None  # held-out shard directory for evaluation
     num_workers: int = 2  # DataLoader workers per rank (0: read in the training process)
+    worker_start: Literal["auto", "fork", "forkserver"] = "auto"  # how worker processes start (above)
     shuffle: bool = True
     on_corrupt: Literal["error", "skip"] = "error"  # skip: drop the shard, log it, count it
     seed: int = 0
@@ -59,6 +71,11 @@ def collate(samples: list[dict]) -> dict:
         if name in samples[0]:
             batch[name] = torch.stack([s[name] for s in samples])
     return batch
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A batch with its tensors on ``device`` (other entries, e.g. keys, as they are)."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 class ShardStream(IterableDataset):
@@ -184,6 +201,32 @@ class ShardStream(IterableDataset):
         return batch
 
 
+FORK_DEADLOCKS = sys.version_info < (3, 11, 8)  # CPython gh-112275
+
+
+def worker_start_method(requested: str) -> str:
+    """The start method for DataLoader workers: ``auto`` is forkserver where fork can deadlock, else fork."""
+    if requested == "auto":
+        return "forkserver" if FORK_DEADLOCKS else "fork"
+    return requested
+
+
+def worker_context(requested: str):
+    """The multiprocessing context for ``data.worker_start``; a forkserver preloads ``worker_server``."""
+    method = worker_start_method(requested)
+    if method == "fork" and FORK_DEADLOCKS:
+        log.warning("data.worker_start=fork on Python %s can deadlock a DataLoader worker while it is forked from "
+                    "the multi-threaded trainer (CPython gh-112275, fixed in 3.11.8): the run would then wait for "
+                    "it forever; use data.worker_start=auto or forkserver", sys.version.split()[0])
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # A forkserver worker re-imports the main module (python -m X: module X; a script: the script) before it
+        # runs; preloaded by the server, that import finds everything already loaded instead of taking seconds.
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        ctx.set_forkserver_preload([f"{__package__}.worker_server", spec.name if spec else "__main__"])
+    return ctx
+
+
 class ShardLoader:
     """A rank's training batches (via DataLoader workers) and the position to resume them exactly.
 
@@ -200,14 +243,18 @@ class ShardLoader:
         self.first_worker = self.dataset.first_worker
         self.batches = 0
         self.skipped = {}
-        if cfg.num_workers and sys.version_info < (3, 11, 8):
-            log.warning("Python %s can deadlock a DataLoader worker while it is forked from the multi-threaded "
-                        "trainer (CPython gh-112275, fixed in 3.11.8): the run would then wait for it forever; use "
-                        "Python >= 3.11.8 or data.num_workers=0", sys.version.split()[0])
-        self.loader = DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers,
-                                 pin_memory=pin_memory, prefetch_factor=4 if cfg.num_workers else None,
-                                 worker_init_fn=leave_stop_signals_to_the_trainer if cfg.num_workers else None)
-        self._it = iter(self.loader)
+        workers = {}
+        if cfg.num_workers:
+            # the trainer's pid, not the worker's parent: a forkserver worker's parent is the server
+            workers = dict(multiprocessing_context=worker_context(cfg.worker_start), prefetch_factor=4,
+                           worker_init_fn=functools.partial(leave_stop_signals_to_the_trainer, trainer=os.getpid()))
+        self.loader = DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers, pin_memory=pin_memory,
+                                 **workers)
+        with stop_signals_blocked():  # the workers and multiprocessing's helpers start shielded from Slurm's signals
+            self._it = iter(self.loader)
+        if cfg.num_workers:
+            log.info("%d DataLoader workers per rank, started by %s", cfg.num_workers,
+                     worker_start_method(cfg.worker_start))
 
     def close(self) -> None:
         """Ends the workers now rather than whenever the iterator is collected: torch's own shutdown (the workers

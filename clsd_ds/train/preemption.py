@@ -7,6 +7,7 @@ saves a checkpoint, writes ``exit.json`` and exits with ``EXIT_REQUEUE`` so that
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -45,19 +46,32 @@ class StopRequest:
             signal.signal(s, signal.SIG_IGN if self.agreed else handler)
 
 
-def leave_stop_signals_to_the_trainer(_worker_id: int = 0) -> None:
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Blocks SIGUSR1/SIGTERM in the calling thread meanwhile; a signal that arrives is delivered when it ends.
+    Processes and threads started meanwhile begin with both blocked (the mask survives fork and exec), so a
+    DataLoader worker, multiprocessing's resource tracker or forkserver cannot be ended by Slurm's signals before
+    it has set up its own rule (``leave_stop_signals_to_the_trainer``) — native threads included."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def leave_stop_signals_to_the_trainer(_worker_id: int = 0, trainer: int | None = None) -> None:
     """DataLoader ``worker_init_fn``. Slurm signals every process of a job step, but stopping is the training
-    process's decision: a worker ignores SIGUSR1, and SIGTERM unless its parent sent it (DataLoader's shutdown and
-    the interpreter's exit end workers that way, so those still work)."""
+    process's decision: a worker ignores SIGUSR1, and SIGTERM unless the trainer (pid ``trainer``, by default the
+    parent) sent it (DataLoader's shutdown and the interpreter's exit end workers that way, so those still work)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the trainer's flag-setting handler inherited by fork
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
-    threading.Thread(target=_obey_sigterm_from_parent, args=(os.getppid(),), daemon=True,
+    threading.Thread(target=_obey_sigterm_from_trainer, args=(trainer or os.getppid(),), daemon=True,
                      name="sigterm-from-parent").start()
 
 
-def _obey_sigterm_from_parent(parent: int) -> None:
-    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+def _obey_sigterm_from_trainer(trainer: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer:
         pass
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     signal.raise_signal(signal.SIGTERM)  # default action: the worker ends as terminate() expects
