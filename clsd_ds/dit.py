@@ -42,6 +42,7 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import (
 
 from .config import ConfigError
 from .export import read_export, write_export
+from .flow import FlowConfig
 from .verifier_state import Prefix, attention_bias
 
 EXPORT_CONFIG = "dit_config.json"
@@ -137,17 +138,20 @@ class FinalLayer(nn.Module):
 
 
 class CausalDiT(nn.Module):
-    """v_theta(x_t, t, C): the velocity of a K-token block in the rescaled embedding space."""
+    """v_theta(x_t, t, C): the velocity of a K-token block in the rescaled embedding space.
 
+    ``flow`` is the flow the drafter is trained with (set by the training stage, recorded in its export): the
+    decoder samples with its ``euler_steps`` unless told otherwise, so drafting uses the trained sampler."""
 
     def __init__(self, text_config: Qwen3_5TextConfig, cfg: DiTConfig, layers: list[nn.Module] | None = None,
-                 final_norm: Qwen3_5RMSNorm | None = None):
+                 final_norm: Qwen3_5RMSNorm | None = None, flow: FlowConfig | None = None):
         super().__init__()
         if cfg.layers is None or cfg.embed_scale is None:
             raise ValueError("CausalDiT needs a resolved config (layers and embed_scale): build it with graft()")
         d = text_config.hidden_size
         self.text_config = text_config
         self.cfg = cfg
+        self.flow = flow or FlowConfig()
         if layers is None:
             layers = [Qwen3_5DecoderLayer(text_config, i) for i in cfg.layers]
         if final_norm is None:
@@ -199,15 +203,21 @@ class CausalDiT(nn.Module):
 
 
 def save_dit(state_dict: dict[str, torch.Tensor], text_config: Qwen3_5TextConfig, cfg: DiTConfig,
-             out_dir: str | Path) -> Path:
-    """Write ``model.safetensors`` + ``dit_config.json``: everything ``load_dit`` needs, no DeepSpeed."""
-    return write_export(out_dir, state_dict, EXPORT_CONFIG, {"format": "clsd-dit", "version": 1, "dit": asdict(cfg)},
-                        text_config)
+             out_dir: str | Path, flow: FlowConfig) -> Path:
+    """Write ``model.safetensors`` + ``dit_config.json`` (architecture, the trained flow, the verifier config):
+    everything ``load_dit`` needs, no DeepSpeed."""
+    meta = {"format": "clsd-dit", "version": 1, "dit": asdict(cfg), "flow": asdict(flow)}
+    return write_export(out_dir, state_dict, EXPORT_CONFIG, meta, text_config)
+
+
+def exported_flow(meta: dict) -> FlowConfig:
+    """The flow an export was trained with; exports written before it was recorded get the defaults."""
+    return FlowConfig(**meta.get("flow", {}))
 
 
 def load_dit(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> CausalDiT:
     """Rebuild an exported DiT from its directory (strict: every weight must be present and used)."""
     meta, text_config, state = read_export(path, EXPORT_CONFIG, "load_dit")
-    dit = CausalDiT(text_config, DiTConfig(**meta["dit"]))
+    dit = CausalDiT(text_config, DiTConfig(**meta["dit"]), flow=exported_flow(meta))
     dit.load_state_dict(state, strict=True)
     return dit.to(device=device, dtype=dtype)

@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 from .config import ConfigError
-from .dit import EXPORT_CONFIG, CausalDiT, DiTConfig
+from .dit import EXPORT_CONFIG, CausalDiT, DiTConfig, exported_flow
 from .export import read_export
+from .flow import FlowConfig
 from .verifier import Verifier
 
 STRIDE_INDICES = [0, 3, 6, 9, 12, 15, 18, 21, 24, 26, 28, 31]
@@ -43,8 +44,9 @@ def resolve_slice(num_layers: int, num_dit_layers: int, explicit: list[int] | No
     return [round(i * (num_layers - 1) / (num_dit_layers - 1)) for i in range(num_dit_layers)]
 
 
-def graft(verifier: Verifier, cfg: DiTConfig) -> CausalDiT:
-    """Build the drafter from deep copies of the verifier's layers (and final norm), in the verifier's dtype.
+def graft(verifier: Verifier, cfg: DiTConfig, flow: FlowConfig | None = None) -> CausalDiT:
+    """Build the drafter from deep copies of the verifier's layers (and final norm), in the verifier's dtype;
+    ``flow``: the flow it is (to be) trained with.
 
     The returned DiT's config has ``layers`` and ``embed_scale`` resolved, so an export rebuilds it exactly.
     """
@@ -54,14 +56,14 @@ def graft(verifier: Verifier, cfg: DiTConfig) -> CausalDiT:
     cfg = dataclasses.replace(cfg, layers=indices, num_layers=len(indices), embed_scale=scale)
     source = verifier.lm.model
     layers = [copy.deepcopy(source.layers[i]) for i in indices]
-    dit = CausalDiT(copy.deepcopy(text_cfg), cfg, layers=layers, final_norm=copy.deepcopy(source.norm))
+    dit = CausalDiT(copy.deepcopy(text_cfg), cfg, layers=layers, final_norm=copy.deepcopy(source.norm), flow=flow)
     return dit.to(verifier.lm.dtype).requires_grad_(True)
 
 
 def load_drafter(source: str | Path, verifier: Verifier, checkpointing: bool = False,
                  what: str = "drafter") -> CausalDiT:
     """A trained DiT for ``verifier``: an exported DiT directory, or a run directory's export, else the newest
-    complete checkpoint of that run. ``what`` names the setting in errors."""
+    complete checkpoint of that run, with the flow it was trained with. ``what`` names the setting in errors."""
     from .train.checkpoint import latest_tag
 
     source = Path(source)
@@ -69,12 +71,12 @@ def load_drafter(source: str | Path, verifier: Verifier, checkpointing: bool = F
         source = source / "export"
     if (source / EXPORT_CONFIG).is_file():
         meta, _, state = read_export(source, EXPORT_CONFIG, what)
-        arch, made_for = DiTConfig(**meta["dit"]), meta["verifier_config"]
+        arch, made_for, flow = DiTConfig(**meta["dit"]), meta["verifier_config"], exported_flow(meta)
     elif (tag := latest_tag(source / "checkpoints")) is not None and (source / "config.json").is_file():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         run_cfg = json.loads((source / "config.json").read_text())
-        arch, made_for = DiTConfig(**run_cfg["dit"]), None
+        arch, made_for, flow = DiTConfig(**run_cfg["dit"]), None, FlowConfig(**run_cfg["flow"])
         state = get_fp32_state_dict_from_zero_checkpoint(str(source / "checkpoints"), tag=tag)
         state = {k.removeprefix("dit."): v for k, v in state.items() if not k.startswith("verifier.")}
     else:
@@ -86,6 +88,6 @@ def load_drafter(source: str | Path, verifier: Verifier, checkpointing: bool = F
         raise ConfigError(f"{what}: '{source}' was grafted from a verifier with hidden size "
                           f"{made_for['hidden_size']} and {made_for['num_hidden_layers']} layers; this verifier has "
                           f"{v.hidden_size} and {v.num_hidden_layers}")
-    dit = graft(verifier, dataclasses.replace(arch, checkpointing=checkpointing))
+    dit = graft(verifier, dataclasses.replace(arch, checkpointing=checkpointing), flow)
     dit.load_state_dict(state, strict=True)
     return dit

@@ -4,7 +4,8 @@ import pytest
 from conftest import run_cli
 
 from clsd_ds.config import ConfigError, load_config
-from clsd_ds.train.loop import OptimConfig, build_ds_config, micro_batching
+from clsd_ds.train.ds_config import build_ds_config, micro_batching
+from clsd_ds.train.loop import OptimConfig
 from clsd_ds.train.run import RunConfig
 from clsd_ds.verifier import Verifier, VerifierConfig
 

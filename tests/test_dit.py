@@ -8,6 +8,7 @@ from conftest import BLOCK, tiny_verifier
 
 from clsd_ds.config import ConfigError
 from clsd_ds.dit import CausalDiT, DiTConfig, load_dit, save_dit
+from clsd_ds.flow import FlowConfig
 from clsd_ds.graft import STRIDE_INDICES, graft, resolve_slice
 from clsd_ds.verifier_state import Prefix, continue_pass, left_align, prefix_pass
 
@@ -155,9 +156,10 @@ def test_activation_checkpointing_gives_the_same_gradients(verifier):
 def test_export_roundtrip(verifier, tmp_path):
     dit = graft(verifier, DiTConfig(num_layers=4, block_len=BLOCK))
     _randomize_modulation(dit)
-    save_dit(dit.state_dict(), dit.text_config, dit.cfg, tmp_path)
+    flow = FlowConfig(euler_steps=3, t_sampling="uniform")
+    save_dit(dit.state_dict(), dit.text_config, dit.cfg, tmp_path, flow)
     loaded = load_dit(tmp_path)
-    assert loaded.cfg == dit.cfg
+    assert loaded.cfg == dit.cfg and loaded.flow == flow
     x = _inputs(dit)
     assert torch.equal(loaded(*x), dit(*x))
 

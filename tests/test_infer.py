@@ -260,7 +260,7 @@ def exported_drafter(verifier_dir, tmp_path_factory):
 
     verifier = Verifier.load(VerifierConfig(path=str(verifier_dir)))
     dit = graft(verifier, DiTConfig(num_layers=2, block_len=BLOCK))
-    return save_dit(dit.state_dict(), verifier.config, dit.cfg, tmp_path_factory.mktemp("drafter"))
+    return save_dit(dit.state_dict(), verifier.config, dit.cfg, tmp_path_factory.mktemp("drafter"), dit.flow)
 
 
 def test_eval_command_measures_and_checks_greedy(verifier_dir, exported_drafter, shards, tmp_path):

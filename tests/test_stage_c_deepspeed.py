@@ -9,7 +9,8 @@ from dsruns import C_STEPS as STEPS
 from dsruns import SEED, kill_after_checkpoint, records, stage_c_config, stage_c_run, train_losses
 
 from clsd_ds.dit import DiTConfig, load_dit
-from clsd_ds.train.run import RunConfig, initial_dit
+from clsd_ds.train.run import RunConfig
+from clsd_ds.train.stages import initial_dit
 from clsd_ds.verifier import Verifier, VerifierConfig
 
 

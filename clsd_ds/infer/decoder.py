@@ -36,7 +36,7 @@ from . import acceptance
 class DecodeConfig:
     num_candidates: int = 32
     block_len: int | None = None  # tokens drafted per candidate; None: the DiT's block_len
-    euler_steps: int = 2
+    euler_steps: int | None = None  # sampler steps; None: the drafter's trained flow.euler_steps
     reading: Literal["nearest", "verifier"] = "nearest"  # drafted vectors -> tokens (see the module docstring)
     adaptive_block: bool = False  # each cycle drafts k = clip(2^ceil(log2(2·EMA of accepted)), min_block_len, K)
     min_block_len: int = 4
@@ -49,7 +49,7 @@ class DecodeConfig:
 
     def validate(self) -> None:
         for name in ("num_candidates", "euler_steps", "max_new_tokens", "min_block_len"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"field 'decode.{name}': expected a positive integer, got {getattr(self, name)}")
         if self.block_len is not None and self.block_len < 1:
             raise ConfigError(f"field 'decode.block_len': expected a positive integer, got {self.block_len}")
@@ -115,9 +115,12 @@ class SpeculativeDecoder:
         check_pair(drafter, lm)
         self.lm, self.drafter, self.cfg = lm.eval(), drafter.eval(), cfg
         self.K = cfg.block_len or drafter.cfg.block_len
-        if isinstance(drafter, CausalDiT) and self.K > drafter.cfg.block_len:
-            raise ConfigError(f"field 'decode.block_len': {self.K} is longer than the drafter's block "
-                              f"({drafter.cfg.block_len})")
+        self.euler_steps = None
+        if isinstance(drafter, CausalDiT):
+            if self.K > drafter.cfg.block_len:
+                raise ConfigError(f"field 'decode.block_len': {self.K} is longer than the drafter's block "
+                                  f"({drafter.cfg.block_len})")
+            self.euler_steps = cfg.euler_steps or drafter.flow.euler_steps  # by default the sampler it trained with
         self.embedding = lm.get_input_embeddings().weight if embedding is None else embedding
         self.generator = torch.Generator(device=self.embedding.device).manual_seed(cfg.seed)
 
@@ -143,7 +146,7 @@ class SpeculativeDecoder:
             prefix = Prefix(shared, torch.ones(N, length, dtype=torch.bool, device=h.device),
                             torch.full((N,), length, device=h.device))
         x0 = torch.randn(N, k, d, generator=self.generator, device=h.device, dtype=self.embedding.dtype)
-        drafts = euler_sample(lambda x, t: dit(x, t, cond, prefix), x0, self.cfg.euler_steps) * dit.cfg.embed_scale
+        drafts = euler_sample(lambda x, t: dit(x, t, cond, prefix), x0, self.euler_steps) * dit.cfg.embed_scale
         if self.cfg.reading == "nearest":
             return nearest_tokens(drafts, self.embedding)
         own = self.lm.lm_head(h).argmax(-1).expand(N, 1)  # the verifier's own next token leads every candidate

@@ -65,6 +65,10 @@ class LMTask:
         n = valid.sum()
         return ce.sum() / n, {"loss": (ce.detach().sum(), n), "accuracy": (correct.sum(), n)}
 
+    def decoder(self, engine, device, cfg) -> None:
+        """A verifier trains no drafter: nothing to decode speculatively (no τ)."""
+        return None
+
     def flops_per_token(self) -> float:
         cfg = self.module.lm.config
         params = sum(p.numel() for p in self.module.parameters()) - self.module.lm.get_input_embeddings().weight.numel()

@@ -1,39 +1,50 @@
 """The DeepSpeed training loop shared by every stage (and by the verifier fixture's pretraining).
 
-A *task* supplies the trainable module and the loss; this loop owns everything else: the DeepSpeed engine
-(only trainable parameters reach the optimizer), AdamW with warmup + cosine decay (DeepSpeed's WarmupCosineLR),
-gradient accumulation, the data stream and its exact position, periodic evaluation, metrics, checkpoints,
-automatic resume from the run directory, and the final export.
+A *task* (``stages.Task``) supplies the trainable module and the loss; this loop owns everything else: the
+DeepSpeed engine (only trainable parameters reach the optimizer), AdamW with warmup + cosine decay (DeepSpeed's
+WarmupCosineLR), gradient accumulation, the data stream and its exact position, periodic evaluation
+(``evaluation.py``), metrics, checkpoints, automatic resume from the run directory, and the final export.
 
-Randomness in a step (noise, timesteps) comes from a generator seeded by (seed, step, rank, micro-step), so a
-resumed run draws exactly what an uninterrupted one would, with no RNG state to carry.
+``Trainer.run`` is a loop over named steps:
+
+    set-up                 engine, resume, data, logs                                 (_setup)
+    while step < steps:
+        train step         accumulate micro-batches; a non-finite loss stops or is    (_train_step)
+                           skipped (train.on_nonfinite), a non-finite gradient norm stops
+        log                every train.log_every steps and at the last                (_log)
+        evaluate           every train.eval_every steps                               (_evaluate_due)
+        save / stop        every train.save_every steps; a stop signal on any rank    (_save_or_stop)
+                           saves and leaves for a requeue
+    finish                 final evaluation, export, exit.json                        (_finish)
+
+Randomness in a step comes from ``seeding.step_generator`` (seed, step, rank, micro-step): a resumed run draws
+exactly what an uninterrupted one would, with no RNG state to carry.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
 
-from ..config import ConfigError, read_mapping
+from ..config import ConfigError
 from ..data.format import Manifest
-from ..data.reader import ShardLoader, ShardStream, eval_batches
-from ..shipped import resolve
+from ..data.reader import DataConfig, ShardLoader, ShardStream, eval_batches, to_device
 from . import checkpoint, faults, runinfo
 from .distributed import DistInfo
+from .ds_config import build_ds_config, compute_dtype, is_zero3, micro_batching
+from .evaluation import Evaluator
 from .metrics import Accumulator, MetricsLog, peak_tflops
 from .preemption import StopRequest
-
-OWNED_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                 "gradient_clipping", "optimizer", "scheduler")
+from .seeding import step_generator
+from .stages import Task
 
 
 @dataclass
@@ -98,81 +109,34 @@ class LogConfig:
     progress: bool = True  # tqdm bar on rank 0
 
 
-class Task(Protocol):
-    """What a training stage provides to the loop."""
+class Resumed(NamedTuple):
+    """Where a start of the run begins: from scratch, or from a checkpoint."""
 
-    module: torch.nn.Module
-
-    def check_data(self, manifest: Manifest, where: str) -> None: ...
-
-    def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None: ...
-
-    def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]: ...
-
-    def flops_per_token(self) -> float: ...
-
-    def export(self, state_dict: dict, out_dir: Path) -> None: ...
+    step: int
+    samples: int
+    data_state: dict | None  # this rank's data position; None: from the start
+    note: str | None  # what to log about it
 
 
-def micro_batching(batch_size: int, micro: int | None, world: int) -> tuple[int, int]:
-    """(micro batch per rank, accumulation steps) so that micro * accum * world == batch_size."""
-    micro = micro or max(1, batch_size // world)
-    if batch_size % (micro * world):
-        raise ConfigError(f"train.batch_size={batch_size} is not a multiple of train.micro_batch_size={micro} "
-                          f"x world size {world}")
-    return micro, batch_size // (micro * world)
+@dataclass
+class Progress:
+    """The loop's running state between steps."""
 
-
-def read_ds_config(path: str) -> dict:
-    """A DeepSpeed JSON file, looked up as given, then among the shipped ones (``ds_configs/NAME.json``)."""
-    return read_mapping(resolve(path, "train.ds_config"))
-
-
-def build_ds_config(path: str, optim: OptimConfig, batch: int, micro: int, accum: int) -> tuple[dict, bool]:
-    """The DeepSpeed config: the file's ZeRO/precision settings + batch, clipping (and optimizer) from ours.
-
-    Returns (config, use DeepSpeed's optimizer). Keys this trainer owns must not be set in the file.
-    """
-    ds = read_ds_config(path)
-    clash = [k for k in OWNED_DS_KEYS if k in ds]
-    if clash:
-        raise ConfigError(f"{path}: {', '.join(clash)} must not be set here; they come from the trainer config "
-                          f"(train.batch_size, train.micro_batch_size, optim.*)")
-    ds.update(train_batch_size=batch, train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum,
-              gradient_clipping=optim.grad_clip)
-    zero = ds.get("zero_optimization", {})
-    offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
-    use_ds = optim.backend == "deepspeed" or (optim.backend == "auto" and offload)
-    if offload and not use_ds:
-        raise ConfigError(f"{path} offloads the optimizer, which needs optim.backend=deepspeed (DeepSpeedCPUAdam)")
-    if use_ds:
-        ds["optimizer"] = {"type": "AdamW", "params": {"lr": optim.lr, "betas": optim.betas, "eps": optim.eps,
-                                                        "weight_decay": optim.weight_decay}}
-    return ds, use_ds
-
-
-def compute_dtype(ds: dict) -> torch.dtype:
-    if ds.get("bf16", {}).get("enabled"):
-        return torch.bfloat16
-    if ds.get("fp16", {}).get("enabled"):
-        return torch.float16
-    return torch.float32
-
-
-def step_generator(seed: int, step: int, rank: int, micro: int, device: torch.device, kind: str = "train"):
-    digest = hashlib.blake2b(f"{kind}:{seed}:{step}:{rank}:{micro}".encode(), digest_size=8).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    step: int
+    samples: int
+    summary: dict
+    acc: Accumulator = field(default_factory=Accumulator)
+    skipped: int = 0  # micro-batches skipped for a non-finite loss in this start
+    window_start: float = field(default_factory=time.time)
+    window_steps: int = 0
+    last_save_s: float | None = None
 
 
 class Trainer:
     """Runs a task to ``train.steps`` under DeepSpeed, resuming from ``<run_dir>/checkpoints`` if present."""
 
-    def __init__(self, task: Task, run_dir: str, seed: int, data_cfg, optim: OptimConfig, train: TrainConfig,
-                 log_cfg: LogConfig, dist_info: DistInfo, config_dict: dict, stop: StopRequest):
+    def __init__(self, task: Task, run_dir: str, seed: int, data_cfg: DataConfig, optim: OptimConfig,
+                 train: TrainConfig, log_cfg: LogConfig, dist_info: DistInfo, config_dict: dict, stop: StopRequest):
         self.task, self.seed, self.dist = task, seed, dist_info
         self.data_cfg, self.optim, self.cfg, self.log_cfg = data_cfg, optim, train, log_cfg
         self.run_dir = Path(run_dir)
@@ -180,13 +144,71 @@ class Trainer:
         self.config_dict = config_dict
         self.stop = stop
 
+    def run(self) -> dict:
+        """Train to ``train.steps``; returns a summary whose ``exit`` is ``finished`` or ``requeue`` (stopped by a
+        signal after a checkpoint). Raises FloatingPointError on a non-finite loss under ``on_nonfinite: stop``."""
+        p = self._setup()
+        try:
+            while p.step < self.cfg.steps:
+                grad_norm = self._train_step(p)
+                self._log(p, grad_norm)
+                self._evaluate_due(p)
+                if self._save_or_stop(p):
+                    return p.summary
+        finally:
+            self.loader.close()
+        return self._finish(p)
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def _setup(self) -> Progress:
+        d = self.dist
+        self.micro, self.accum = micro_batching(self.cfg.batch_size, self.cfg.micro_batch_size, d.world_size)
+        ds_config, use_ds_opt = build_ds_config(self.cfg.ds_config, self.optim, self.cfg.batch_size, self.micro,
+                                                self.accum)
+        manifest = Manifest.read(self.data_cfg.train)
+        self.task.check_data(manifest, self.data_cfg.train)
+        val_manifest = Manifest.read(self.data_cfg.val) if self.data_cfg.val else None
+        if val_manifest is not None:
+            self.task.check_data(val_manifest, self.data_cfg.val)
+        self.task.setup(d, compute_dtype(ds_config), manifest)
+        self.flops_per_token = self.task.flops_per_token()  # before ZeRO-3 partitions the parameters
+        self.tokens_per_step = self.cfg.batch_size * manifest.block_len
+        restart = 0
+        if d.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.config_dict, indent=1))
+            restart = runinfo.record_start(self.run_dir, d.world_size, d.launcher)
+        runinfo.log_to_rank_file(self.run_dir, d.rank)
+
+        tag = checkpoint.latest_tag(self.ckpt_dir)
+        if tag is not None and checkpoint.saved_world_size(self.ckpt_dir, tag) not in (None, d.world_size):
+            tag = checkpoint.universal(self.ckpt_dir, tag, d.is_main)
+            ds_config["checkpoint"] = {"load_universal": True}
+        self.engine, self.lr_scheduler = self._engine(ds_config, use_ds_opt)
+        resumed = self._resume(tag)
+        val = eval_batches(self.data_cfg.val, self.micro, d.rank, d.world_size, self.cfg.eval_batches) \
+            if val_manifest else []
+        self.evaluator = Evaluator(self.task, val, self.cfg, self.seed, d, self.run_dir, self._export) if val else None
+        self.loader = ShardLoader(self.data_cfg, self.data_cfg.train, self.micro, d.rank, d.world_size,
+                                  state=resumed.data_state, pin_memory=d.device.type == "cuda")
+        self.log = MetricsLog(self.run_dir, d.is_main, self.cfg.steps, resumed.step, self.log_cfg.progress,
+                              self.log_cfg, self.config_dict, restart=restart)
+        if resumed.note:
+            self.log.write(resumed.note)
+        self.peak = peak_tflops(self.cfg.peak_tflops)
+        p = Progress(resumed.step, resumed.samples, {"start_step": resumed.step, "restart": restart})
+        if self.evaluator and p.step == 0:
+            p.summary["eval_start"] = self.evaluator(self.engine, p.step, self.log)
+        p.window_start = time.time()
+        return p
+
     def _engine(self, ds_config: dict, use_ds_optimizer: bool):
         import deepspeed
         from deepspeed.runtime.lr_schedules import WarmupCosineLR
         from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
 
         module = self.task.module
-        if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+        if is_zero3(ds_config):
             # HF's Gated DeltaNet reads conv1d.weight without calling conv1d, so ZeRO-3 would never gather it:
             # declare it a parameter of the DeltaNet module itself. (Making the DeltaNet a ZeRO-3 "leaf" instead
             # breaks when a module runs twice in one step, as the DiT does over Euler steps, and when HF calls it
@@ -210,205 +232,139 @@ class Trainer:
                                                           lr_scheduler=scheduler, config=ds_config)
         return engine, lr_scheduler
 
-    def _evaluate(self, engine, batches: list[dict], step: int, log: MetricsLog) -> dict:
-        """Held-out metrics (the same on every rank), logged; with ``keep_best_tau`` a new best τ is exported."""
-        acc = Accumulator()
-        engine.eval()
-        with torch.no_grad():
-            for i, batch in enumerate(batches):
-                gen = step_generator(self.seed, i, self.dist.rank, 0, self.dist.device, kind="eval")
-                _, metrics = self.task.loss(engine, to_device(batch, self.dist.device), gen, step)
-                acc.add(metrics)
-            if self.cfg.tau_prompts and hasattr(self.task, "decoder"):
-                acc.add({"tau": self._tau(engine, batches, step)})
-        engine.train()
-        stats = acc.reduce(self.dist.device)
-        log.log(step, stats, kind="eval")
-        if self.cfg.keep_best_tau and stats.get("tau", -math.inf) > self.best_tau:
-            self.best_tau = stats["tau"]
-            self._export(engine, self.run_dir / BEST_TAU)
-            if self.dist.is_main:  # written last: a crash before it leaves a lower τ on record, never a higher one
-                (self.run_dir / BEST_TAU / "best_tau.json").write_text(json.dumps({"tau": stats["tau"], "step": step}))
-            dist.barrier()
-            log.write(f"new best τ {stats['tau']:.3f} at step {step}: drafter exported to {self.run_dir / BEST_TAU}")
-        return stats
-
-    def _tau(self, engine, batches: list[dict], step: int) -> tuple[int, int]:
-        """(tokens committed, cycles) of exact speculative decoding from this rank's first held-out prefixes. Every
-        rank decodes as many prompts for as many cycles (no EOS stop), so partitioned (ZeRO-3) modules are
-        gathered in lockstep."""
-        from ..infer.decoder import DecodeConfig
-
-        prompts = [b["prefix"][i, : int(b["prefix_len"][i])].tolist() for b in batches for i in range(len(b["prefix"]))]
-        count = torch.tensor([min(len(prompts), self.cfg.tau_prompts)], device=self.dist.device)
-        if dist.is_initialized():
-            dist.all_reduce(count, op=dist.ReduceOp.MIN)
-        cycles = self.cfg.tau_cycles  # bounds the decoding (max_cycles below), not max_new_tokens
-        cfg = DecodeConfig(num_candidates=self.cfg.tau_candidates, max_new_tokens=1_000_000, seed=self.seed + step)
-        decoder = self.task.decoder(engine, self.dist.device, cfg)
-        committed = sum(len(decoder.generate(p, max_cycles=cycles)[0]) for p in prompts[: int(count)])
-        return committed, int(count) * cycles
-
-    def run(self) -> dict:
-        """Train to ``train.steps``; returns a summary whose ``exit`` is ``finished`` or ``requeue`` (stopped by a
-        signal after a checkpoint). Raises FloatingPointError on a non-finite loss under ``on_nonfinite: stop``."""
-        d = self.dist
-        world = d.world_size
-        micro, accum = micro_batching(self.cfg.batch_size, self.cfg.micro_batch_size, world)
-        ds_config, use_ds_opt = build_ds_config(self.cfg.ds_config, self.optim, self.cfg.batch_size, micro, accum)
-        dtype = compute_dtype(ds_config)
-        manifest = Manifest.read(self.data_cfg.train)
-        self.task.check_data(manifest, self.data_cfg.train)
-        val_manifest = Manifest.read(self.data_cfg.val) if self.data_cfg.val else None
-        if val_manifest is not None:
-            self.task.check_data(val_manifest, self.data_cfg.val)
-        self.task.setup(d, dtype, manifest)
-        fpt = self.task.flops_per_token()  # before ZeRO-3 partitions the parameters
-        restart = 0
-        if d.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(self.config_dict, indent=1))
-            restart = runinfo.record_start(self.run_dir, world, d.launcher)
-        runinfo.log_to_rank_file(self.run_dir, d.rank)
-
-        tag = checkpoint.latest_tag(self.ckpt_dir)
-        load_tag = tag
-        if tag is not None and checkpoint.saved_world_size(self.ckpt_dir, tag) not in (None, world):
-            load_tag = checkpoint.universal(self.ckpt_dir, tag, d.is_main)
-            ds_config["checkpoint"] = {"load_universal": True}
-        engine, lr_scheduler = self._engine(ds_config, use_ds_opt)
-        step, samples, data_state, note = self._resume(engine, load_tag, micro)
-        self.best_tau = best_tau(self.run_dir)  # read by every rank before any rank can write it
-        loader = ShardLoader(self.data_cfg, self.data_cfg.train, micro, d.rank, world, state=data_state,
-                             pin_memory=d.device.type == "cuda")
-        val = eval_batches(self.data_cfg.val, micro, d.rank, world, self.cfg.eval_batches) if val_manifest else []
-
-        log = MetricsLog(self.run_dir, d.is_main, self.cfg.steps, step, self.log_cfg.progress, self.log_cfg,
-                         self.config_dict, restart=restart)
-        if note:
-            log.write(note)
-        peak = peak_tflops(self.cfg.peak_tflops)
-        summary: dict = {"start_step": step, "restart": restart}
-        if val and step == 0:
-            summary["eval_start"] = self._evaluate(engine, val, step, log)
-
-        acc = Accumulator()
-        tokens_per_step = self.cfg.batch_size * manifest.block_len
-        t_last, steps_window, last_save_s, skipped = time.time(), 0, None, 0
-        try:
-            while step < self.cfg.steps:
-                step_start = loader.state_dict()
-                m = attempt = 0
-                while m < accum:
-                    batch = to_device(next(loader), d.device)
-                    gen = step_generator(self.seed, step, d.rank, m + 1000 * attempt, d.device)
-                    loss, metrics = self.task.loss(engine, batch, gen, step)
-                    if m == attempt == 0 and faults.planned("nan_loss", step + 1, d.rank):
-                        loss = loss * math.nan
-                    if not self._finite_everywhere(loss):
-                        self._non_finite(engine, step, samples, step_start, skipped)
-                        skipped, attempt = skipped + 1, attempt + 1
-                        continue
-                    engine.backward(loss)
-                    engine.step()
-                    acc.add(metrics)
-                    m += 1
-                grad_norm = engine.get_global_grad_norm()  # the same on every rank, so all stop together
-                if grad_norm is not None and not math.isfinite(_float(grad_norm)):
-                    raise FloatingPointError(f"non-finite gradient norm at step {step + 1}; the newest checkpoint in "
-                                             f"{self.ckpt_dir} is from before it")
-                step += 1
-                steps_window += 1
-                samples += self.cfg.batch_size
-                log.advance(step)
-                if step % self.cfg.log_every == 0 or step == self.cfg.steps:
-                    elapsed = time.time() - t_last
-                    stats = acc.reduce(d.device)
-                    tok_s = tokens_per_step * steps_window / elapsed
-                    stats.update(tok_s=tok_s, step_s=elapsed / steps_window, lr=lr_scheduler.get_last_lr()[0],
-                                 grad_norm=_float(grad_norm), samples=samples, skipped_batches=skipped,
-                                 skipped_shards=_sum_over_ranks(loader.skipped_shards, d.device))
-                    if peak:
-                        stats["mfu"] = fpt * tok_s / (peak * 1e12 * world)
-                    if d.device.type == "cuda":
-                        stats["mem_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
-                    log.log(step, stats)
-                    summary["last"] = stats
-                    t_last, steps_window = time.time(), 0
-                if val and self.cfg.eval_every and step % self.cfg.eval_every == 0 and step < self.cfg.steps:
-                    self._evaluate(engine, val, step, log)
-                stopping = self.stop.anywhere(d.device) and step < self.cfg.steps  # at the last step: finish instead
-                if stopping or (self.cfg.save_every and (step % self.cfg.save_every == 0 or step == self.cfg.steps)):
-                    last_save_s = self._save(engine, step, samples, loader.state_dict())
-                    t_last += last_save_s
-                if stopping:
-                    summary.update(exit="requeue", end_step=step, save_s=last_save_s)
-                    if d.is_main:
-                        runinfo.write_exit(self.run_dir, "signal", step, signal=self.stop.received or "(another rank)")
-                    log.write(f"stop requested ({self.stop.received or 'another rank'}): checkpoint at step {step} "
-                              f"saved, exiting for a requeue")
-                    log.close()
-                    dist.barrier()  # leave together: the first rank to exit makes srun signal the others
-                    return summary
-        finally:
-            loader.close()
-        summary.update(exit="finished", end_step=step, save_s=last_save_s)
-        if val:
-            summary["eval_end"] = self._evaluate(engine, val, step, log)
-        if self.cfg.export:
-            self._export(engine, self.run_dir / "export")
-            summary["export"] = str(self.run_dir / "export")
-        if d.is_main:
-            runinfo.write_exit(self.run_dir, "finished", step)
-        log.close()
-        return summary
-
-    def _resume(self, engine, tag: str | None, micro: int) -> tuple[int, int, dict | None, str | None]:
-        """(step, samples seen, this rank's data position or None, a message) from checkpoint ``tag``."""
+    def _resume(self, tag: str | None) -> Resumed:
+        """Where this start begins: step, samples seen and this rank's data position from checkpoint ``tag``."""
         if tag is None:
-            return 0, 0, None, None
+            return Resumed(0, 0, None, None)
         # Checkpoints leave frozen parameters out (a ZeRO-3 verifier comes from its own files), so a module that
         # has some cannot be matched strictly; its trainable weights come from the optimizer partitions.
-        frozen = any(not p.requires_grad for p in engine.module.parameters())
-        _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag, load_module_strict=not frozen)
+        frozen = any(not p.requires_grad for p in self.engine.module.parameters())
+        _, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag, load_module_strict=not frozen)
         step, samples, d = client["step"], client["samples"], self.dist
         saved = client["data"][0]
         note = f"resumed from {self.ckpt_dir / tag} at step {step}"
         if (saved["world_size"], saved["num_workers"]) == (d.world_size, max(1, self.data_cfg.num_workers)):
-            return step, samples, client["data"][d.rank], note
-        stream = ShardStream(self.data_cfg.train, micro, d.rank, d.world_size, self.data_cfg.num_workers,
+            return Resumed(step, samples, client["data"][d.rank], note)
+        stream = ShardStream(self.data_cfg.train, self.micro, d.rank, d.world_size, self.data_cfg.num_workers,
                              self.data_cfg.seed, self.data_cfg.shuffle)
         note += (f" on a new layout ({saved['world_size']} -> {d.world_size} ranks, {saved['num_workers']} -> "
                  f"{stream.workers} workers per rank): the data stream continues from sample {samples}, each worker "
                  f"as far into that epoch as its share of it")
-        return step, samples, stream.position_after(samples), note
+        return Resumed(step, samples, stream.position_after(samples), note)
 
-    def _save(self, engine, step: int, samples: int, data_state: dict) -> float:
-        states = [None] * self.dist.world_size
-        dist.all_gather_object(states, data_state)
-        client = {"step": step, "samples": samples, "world_size": self.dist.world_size, "data": states,
-                  "seed": self.seed}
-        return checkpoint.save(engine, self.ckpt_dir, step, client, self.cfg.keep_last, self.dist.is_main)
+    # -- one optimizer step ---------------------------------------------------------------------------------
+    def _train_step(self, p: Progress) -> float:
+        """``accum`` micro-batches and the optimizer step; returns the global gradient norm (the same on every
+        rank). A non-finite loss on any rank: stop with a checkpoint, or draw another micro-batch (``skip``)."""
+        d, engine = self.dist, self.engine
+        step_start = self.loader.state_dict()
+        m = attempt = 0
+        while m < self.accum:
+            batch = to_device(next(self.loader), d.device)
+            gen = step_generator(self.seed, p.step, d.rank, m + 1000 * attempt, d.device)
+            loss, metrics = self.task.loss(engine, batch, gen, p.step)
+            if m == attempt == 0 and faults.planned("nan_loss", p.step + 1, d.rank):
+                loss = loss * math.nan
+            if not self._finite_everywhere(loss):
+                self._non_finite(p, step_start)
+                p.skipped, attempt = p.skipped + 1, attempt + 1
+                continue
+            engine.backward(loss)
+            engine.step()
+            p.acc.add(metrics)
+            m += 1
+        raw_norm = engine.get_global_grad_norm()
+        grad_norm = _float(raw_norm)
+        if raw_norm is not None and not math.isfinite(grad_norm):
+            raise FloatingPointError(f"non-finite gradient norm at step {p.step + 1}; the newest checkpoint in "
+                                     f"{self.ckpt_dir} is from before it")
+        p.step += 1
+        p.window_steps += 1
+        p.samples += self.cfg.batch_size
+        self.log.advance(p.step)
+        return grad_norm
 
     def _finite_everywhere(self, loss: torch.Tensor) -> bool:
         flag = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
-    def _non_finite(self, engine, step: int, samples: int, step_start: dict, skipped: int) -> None:
+    def _non_finite(self, p: Progress, step_start: dict) -> None:
         """A micro-batch gave a non-finite loss on some rank: stop with a checkpoint of the last good state, or
         (``on_nonfinite: skip``) let the caller draw another micro-batch, up to ``max_skipped_batches``."""
-        if self.cfg.on_nonfinite == "skip" and skipped < self.cfg.max_skipped_batches:
+        if self.cfg.on_nonfinite == "skip" and p.skipped < self.cfg.max_skipped_batches:
             logging.getLogger("clsd_ds").warning("non-finite loss at step %d: micro-batch skipped (%d so far)",
-                                                 step + 1, skipped + 1)
+                                                 p.step + 1, p.skipped + 1)
             return
-        if checkpoint.latest_tag(self.ckpt_dir) != checkpoint.tag_for(step):
-            self._save(engine, step, samples, step_start)  # no update was applied: this is the last good state
+        if checkpoint.latest_tag(self.ckpt_dir) != checkpoint.tag_for(p.step):
+            self._save(p.step, p.samples, step_start)  # no update was applied: this is the last good state
         if self.dist.is_main:
-            runinfo.write_exit(self.run_dir, "nonfinite", step)
+            runinfo.write_exit(self.run_dir, "nonfinite", p.step)
         raise FloatingPointError(
-            f"non-finite loss in step {step + 1} (after {skipped} skipped micro-batches); the state before it is "
-            f"saved in {self.ckpt_dir / checkpoint.tag_for(step)} (set train.on_nonfinite=skip to skip such batches)")
+            f"non-finite loss in step {p.step + 1} (after {p.skipped} skipped micro-batches); the state before it is "
+            f"saved in {self.ckpt_dir / checkpoint.tag_for(p.step)} (set train.on_nonfinite=skip to skip such "
+            f"batches)")
+
+    # -- decisions after a step -----------------------------------------------------------------------------
+    def _log(self, p: Progress, grad_norm: float) -> None:
+        if p.step % self.cfg.log_every and p.step != self.cfg.steps:
+            return
+        d = self.dist
+        elapsed = time.time() - p.window_start
+        stats = p.acc.reduce(d.device)
+        tok_s = self.tokens_per_step * p.window_steps / elapsed
+        stats.update(tok_s=tok_s, step_s=elapsed / p.window_steps, lr=self.lr_scheduler.get_last_lr()[0],
+                     grad_norm=grad_norm, samples=p.samples, skipped_batches=p.skipped,
+                     skipped_shards=_sum_over_ranks(self.loader.skipped_shards, d.device))
+        if self.peak:
+            stats["mfu"] = self.flops_per_token * tok_s / (self.peak * 1e12 * d.world_size)
+        if d.device.type == "cuda":
+            stats["mem_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
+        self.log.log(p.step, stats)
+        p.summary["last"] = stats
+        p.window_start, p.window_steps = time.time(), 0
+
+    def _evaluate_due(self, p: Progress) -> None:
+        if self.evaluator and self.cfg.eval_every and p.step % self.cfg.eval_every == 0 and p.step < self.cfg.steps:
+            self.evaluator(self.engine, p.step, self.log)
+
+    def _save_or_stop(self, p: Progress) -> bool:
+        """Checkpoint when due or when any rank was signalled; True when the run stops here for a requeue."""
+        stopping = self.stop.anywhere(self.dist.device) and p.step < self.cfg.steps  # at the last step: finish
+        due = self.cfg.save_every and (p.step % self.cfg.save_every == 0 or p.step == self.cfg.steps)
+        if stopping or due:
+            p.last_save_s = self._save(p.step, p.samples, self.loader.state_dict())
+            p.window_start += p.last_save_s
+        if not stopping:
+            return False
+        p.summary.update(exit="requeue", end_step=p.step, save_s=p.last_save_s)
+        if self.dist.is_main:
+            runinfo.write_exit(self.run_dir, "signal", p.step, signal=self.stop.received or "(another rank)")
+        self.log.write(f"stop requested ({self.stop.received or 'another rank'}): checkpoint at step {p.step} saved, "
+                       f"exiting for a requeue")
+        self.log.close()
+        dist.barrier()  # leave together: the first rank to exit makes srun signal the others
+        return True
+
+    def _finish(self, p: Progress) -> dict:
+        p.summary.update(exit="finished", end_step=p.step, save_s=p.last_save_s)
+        if self.evaluator:
+            p.summary["eval_end"] = self.evaluator(self.engine, p.step, self.log)
+        if self.cfg.export:
+            self._export(self.engine, self.run_dir / "export")
+            p.summary["export"] = str(self.run_dir / "export")
+        if self.dist.is_main:
+            runinfo.write_exit(self.run_dir, "finished", p.step)
+        self.log.close()
+        return p.summary
+
+    # -- state on disk --------------------------------------------------------------------------------------
+    def _save(self, step: int, samples: int, data_state: dict) -> float:
+        states = [None] * self.dist.world_size
+        dist.all_gather_object(states, data_state)
+        client = {"step": step, "samples": samples, "world_size": self.dist.world_size, "data": states,
+                  "seed": self.seed}
+        return checkpoint.save(self.engine, self.ckpt_dir, step, client, self.cfg.keep_last, self.dist.is_main)
 
     def _export(self, engine, out_dir: Path) -> None:
         if engine.zero_optimization_partition_weights():
@@ -419,15 +375,6 @@ class Trainer:
         if self.dist.is_main:
             self.task.export(state, out_dir)
         dist.barrier()
-
-
-BEST_TAU = "best_tau"
-
-
-def best_tau(run_dir: Path) -> float:
-    """τ of the drafter kept in ``<run_dir>/best_tau`` (-inf when none is)."""
-    record = Path(run_dir) / BEST_TAU / "best_tau.json"
-    return json.loads(record.read_text())["tau"] if record.is_file() else -math.inf
 
 
 def _sum_over_ranks(value: int, device) -> int:

@@ -36,9 +36,9 @@ def block_flops_per_token(dit: CausalDiT, block_len: int) -> float:
 
 class StageATask:
     def __init__(self, dit: CausalDiT, verifier: Verifier, flow: FlowConfig):
+        dit.flow = flow  # trained with this flow: its sampler steps are the decoder's (and the export's)
         self.module = dit
         self.verifier = verifier
-        self.flow = flow
         self.embedding = None
         self.online_cond = True
 
@@ -81,20 +81,20 @@ class StageATask:
     def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
         x1 = self.targets(batch)
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-        t = sample_t(self.flow, x1.shape[0], generator, device=x1.device)
+        t = sample_t(self.module.flow, x1.shape[0], generator, device=x1.device)
         if self.module.cfg.prefix_state:
             cond, prefix = read_prefixes(self.verifier.lm, batch["prefix"], batch["prefix_len"], self.embedding.weight)
             v = model(interpolate(x0, x1, t), t, cond, prefix)
         else:
             v = model(interpolate(x0, x1, t), t, self.cond(batch))
         losses = per_sample_loss(v, velocity_target(x0, x1))
-        sums, counts = loss_by_t_bin(losses, t, self.flow.t_bins)
+        sums, counts = loss_by_t_bin(losses, t, self.module.flow.t_bins)
         metrics = {"loss": (losses.detach().sum(), losses.numel())}
-        metrics.update({f"loss_t{i}": (sums[i], counts[i]) for i in range(self.flow.t_bins)})
+        metrics.update({f"loss_t{i}": (sums[i], counts[i]) for i in range(self.module.flow.t_bins)})
         return losses.mean(), metrics
 
     def flops_per_token(self) -> float:
         return block_flops_per_token(self.module, self.module.cfg.block_len)
 
     def export(self, state_dict: dict, out_dir: Path) -> None:
-        save_dit(state_dict, self.module.text_config, self.module.cfg, out_dir)
+        save_dit(state_dict, self.module.text_config, self.module.cfg, out_dir, self.module.flow)

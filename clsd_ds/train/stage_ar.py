@@ -10,6 +10,7 @@ The verifier is replicated on every rank outside the engine (frozen, no optimize
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -21,6 +22,15 @@ from ..data.format import Manifest
 from ..verifier import Verifier
 from ..verifier_state import full_pass, left_align
 from .distributed import DistInfo
+
+
+class AROutput(NamedTuple):
+    loss: torch.Tensor  # SmoothL1 + ce_weight * CE, to backpropagate
+    reg_sum: torch.Tensor  # summed SmoothL1 over real positions (detached: metric)
+    positions: torch.Tensor  # real positions
+    ce_sum: torch.Tensor  # summed next-token CE over positions with a real next token
+    correct: torch.Tensor  # of those, how many the drafter's argmax predicts
+    predicted: torch.Tensor  # positions with a real next token
 
 
 class ARModel(nn.Module):
@@ -52,7 +62,8 @@ class ARModel(nn.Module):
         loss = (reg * valid).sum() / valid.sum() + ce_weight * (ce * next_valid).sum() / next_valid.sum()
         with torch.no_grad():
             correct = (logits.argmax(-1) == ids[:, 1:]).float() * next_valid
-        return loss, (reg * valid).sum(), valid.sum(), (ce * next_valid).sum(), correct.sum(), next_valid.sum()
+        return AROutput(loss, (reg * valid).sum().detach(), valid.sum(), (ce * next_valid).sum().detach(),
+                        correct.sum(), next_valid.sum())
 
 
 class ARTask:
@@ -70,10 +81,10 @@ class ARTask:
         self.module.verifier.to(device=dist_info.device, dtype=dtype)
 
     def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
-        loss, reg, n, ce, correct, m = model(batch["prefix"], batch["prefix_len"], batch["block"])
+        out = model(batch["prefix"], batch["prefix_len"], batch["block"])
         B = batch["block"].shape[0]
-        return loss, {"loss": (loss.detach() * B, B), "reg": (reg.detach(), n), "ce": (ce.detach(), m),
-                      "accuracy": (correct, m)}
+        return out.loss, {"loss": (out.loss.detach() * B, B), "reg": (out.reg_sum, out.positions),
+                          "ce": (out.ce_sum, out.predicted), "accuracy": (out.correct, out.predicted)}
 
     def decoder(self, engine, device, cfg):
         from ..infer.ar_decoder import ARSpeculativeDecoder

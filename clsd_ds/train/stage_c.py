@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -63,12 +63,21 @@ def beta_at(cfg: StageCConfig, step: int) -> float:
     return cfg.beta_end + (cfg.beta_start - cfg.beta_end) * shape
 
 
+class StageCOutput(NamedTuple):
+    loss: torch.Tensor  # CE + beta * MSE, to backpropagate
+    ce: torch.Tensor  # [B, K] the verifier's CE on the drafts (detached)
+    mse: torch.Tensor  # [B, K] squared error of the drafts to the true embeddings (detached)
+    verifier_acc: torch.Tensor  # [B, K] the verifier's argmax == the true token
+    nearest_acc: torch.Tensor  # [B, K] the draft's nearest embedding row == the true token
+
+
 class StageCModel(nn.Module):
     """The engine's module: the DiT (trainable) and, when partitioned by ZeRO-3, the frozen verifier."""
 
     def __init__(self, dit: CausalDiT, lm: Qwen3_5ForCausalLM, cfg: StageCConfig, flow: FlowConfig):
         super().__init__()
-        self.dit, self.cfg, self.flow = dit, cfg, flow
+        dit.flow = flow  # trained with this flow: its sampler steps are the decoder's (and the export's)
+        self.dit, self.cfg = dit, cfg
         lm.eval().requires_grad_(False)
         if cfg.placement == "zero3":
             self.verifier = lm
@@ -87,13 +96,13 @@ class StageCModel(nn.Module):
         else:
             self.__dict__["embedding"] = self.embedding.to(device=device, dtype=dtype)
 
-    def forward(self, prefix, prefix_len, block, cond, x0, beta: float):
+    def forward(self, prefix, prefix_len, block, cond, x0, beta: float) -> StageCOutput:
         lm, scale, ckpt = self.verifier, self.dit.cfg.embed_scale, self.cfg.verifier_checkpointing
         last, state = read_prefixes(lm, prefix, prefix_len, self.embedding)  # last: C, the final-norm state there
         if cond is None:
             cond = last
         x1_hat = euler_sample(lambda x, t: self.dit(x, t, cond, state if self.dit.cfg.prefix_state else None), x0,
-                              self.flow.euler_steps)
+                              self.dit.flow.euler_steps)
         draft = (x1_hat * scale).to(self.embedding.dtype)
         if self.cfg.prefix_path == "state":
             reads = torch.cat([last[:, None], continue_pass(lm, draft[:, :-1], state.mask, state.lengths,
@@ -109,7 +118,7 @@ class StageCModel(nn.Module):
         with torch.no_grad():
             verifier_acc = (logits.argmax(-1) == block).float()
             nearest_acc = (nearest_tokens(draft, self.embedding) == block).float()
-        return loss, ce.detach(), mse.detach(), verifier_acc, nearest_acc
+        return StageCOutput(loss, ce.detach(), mse.detach(), verifier_acc, nearest_acc)
 
 
 class StageCTask:
@@ -139,12 +148,12 @@ class StageCTask:
         d = self.module.dit.text_config.hidden_size
         x0 = torch.randn(*block.shape, d, generator=generator, device=block.device)
         beta = beta_at(self.cfg, step)
-        loss, ce, mse, verifier_acc, nearest_acc = model(batch["prefix"], batch["prefix_len"], block,
-                                                         batch["cond"] if self.use_shard_cond else None, x0, beta)
-        n = ce.numel()
-        return loss, {"loss": (loss.detach() * block.shape[0], block.shape[0]), "ce": (ce.sum(), n),
-                      "mse": (mse.sum(), n), "beta": (beta, 1), "verifier_acc": (verifier_acc.sum(), n),
-                      "nearest_acc": (nearest_acc.sum(), n)}
+        out = model(batch["prefix"], batch["prefix_len"], block, batch["cond"] if self.use_shard_cond else None, x0,
+                    beta)
+        n, B = out.ce.numel(), block.shape[0]
+        return out.loss, {"loss": (out.loss.detach() * B, B), "ce": (out.ce.sum(), n), "mse": (out.mse.sum(), n),
+                          "beta": (beta, 1), "verifier_acc": (out.verifier_acc.sum(), n),
+                          "nearest_acc": (out.nearest_acc.sum(), n)}
 
     def decoder(self, engine, device, cfg):
         """The speculative decoder for the τ evaluation (with a plain copy of the embedding matrix under ZeRO-3)."""
@@ -158,9 +167,9 @@ class StageCTask:
         dit = self.module.dit
         verifier_params = sum(p.numel() for p in self.module.verifier.parameters()) - self.module.embedding.numel()
         prefix = (self.prefix_len or 0) / dit.cfg.block_len
-        return self.module.flow.euler_steps * block_flops_per_token(dit, dit.cfg.block_len) + \
+        return dit.flow.euler_steps * block_flops_per_token(dit, dit.cfg.block_len) + \
             verifier_params * (4.0 + 2.0 * prefix)
 
     def export(self, state_dict: dict, out_dir: Path) -> None:
         dit = {k.removeprefix("dit."): v for k, v in state_dict.items() if k.startswith("dit.")}
-        save_dit(dit, self.module.dit.text_config, self.module.dit.cfg, out_dir)
+        save_dit(dit, self.module.dit.text_config, self.module.dit.cfg, out_dir, self.module.dit.flow)
