@@ -1,14 +1,15 @@
-"""Command line: ``python -m clsd_ds <command> [--config FILE] [KEY=VALUE ...]``.
+"""Command line: ``clsd-ds <command> [--config FILE] [KEY=VALUE ...]`` (the same as ``python -m clsd_ds``).
 
     quickstart     the whole pipeline on a tiny verifier, on this CPU, nothing downloaded
+    doctor         versions, devices, and which fast paths (kernels, ops, launchers) will actually be used here
     report         a run directory's summary and plots (loss, throughput, restarts)
     prepare-data   text -> token-id shards (optionally with C precomputed by the verifier)
     import-seed    the seed's [N, 128, 4096] embedding safetensors -> shards
     eval           speculative decoding of held-out prompts: τ, time split, speedup over the verifier alone
     generate       decode one prompt (--prompt TEXT) with the drafter and print the text and τ
-    train          a training run (Stage A, Stage C, or the verifier fixture's pretraining); launch it with
-                   deepspeed, torchrun, mpirun or srun, or plainly for one process. Exits with 75 when a
-                   stop signal (SIGUSR1/SIGTERM) made it checkpoint and stop early: requeue it.
+    train          a training run of one stage (below); launch it with deepspeed, torchrun, mpirun or srun, or
+                   plainly for one process. Exits with 75 when a stop signal (SIGUSR1/SIGTERM) made it
+                   checkpoint and stop early: requeue it.
 
 KEY=VALUE pairs override the config file (dotted paths, YAML values), e.g. ``optim.lr=3e-4 train.steps=100``.
 """
@@ -22,12 +23,14 @@ import warnings
 
 import torch
 
+from . import doctor
 from .config import ConfigError, load_config
 from .train.preemption import EXIT_REQUEUE
+from .train.stages import STAGES, stage_help
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clsd_ds", description=__doc__,
+    p = argparse.ArgumentParser(prog="clsd-ds", description=__doc__ + "\nStages of train:\n" + stage_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # `deepspeed` passes it first
     sub = p.add_subparsers(dest="command", required=True)
@@ -39,12 +42,14 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", help="YAML or JSON config file")
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    sub.choices["train"].add_argument("--stage", choices=["a", "c", "lm"], help="same as the override stage=...")
+    sub.choices["train"].add_argument("--stage", choices=list(STAGES), help="same as the override stage=...: "
+                                      + "; ".join(f"{s.name}: {s.summary}" for s in STAGES.values()))
     sub.choices["train"].add_argument("--init-from", help="same as the override init_from=...")
     sub.choices["generate"].add_argument("--prompt", required=True, help="the text to continue")
     r = sub.add_parser("report", help="summarize a run directory and write loss/throughput PNGs")
     r.add_argument("run_dir")
     r.add_argument("--out", help="where the PNGs go (default: the run directory)")
+    doctor.add_arguments(sub.add_parser("doctor", help="versions, devices and the fast paths that will be used here"))
     q = sub.add_parser("quickstart", help="run the embedded default end to end on the CPU")
     q.add_argument("--config", help="YAML or JSON file overriding the quickstart's settings")
     q.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             print(summary(Path(args.run_dir)))
             for path in plot(Path(args.run_dir), Path(args.out) if args.out else None):
                 print(f"  wrote {path}")
+        elif args.command == "doctor":
+            return doctor.main(args)
         elif args.command == "quickstart":
             from .quickstart import QuickstartConfig, quickstart
 
