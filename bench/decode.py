@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 from datetime import date
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from clsd_ds.infer.decoder import DecodeConfig  # noqa: E402
-from clsd_ds.infer.autoregressive import Autoregressive  # noqa: E402
-from clsd_ds.infer.evaluate import EvalConfig, evaluate, shard_prompts  # noqa: E402
-from clsd_ds.verifier import Verifier, VerifierConfig  # noqa: E402
+from clsd_ds.infer.decoder import DecodeConfig
+from clsd_ds.infer.autoregressive import Autoregressive
+from clsd_ds.infer.evaluate import EvalConfig, evaluate, shard_prompts
+from clsd_ds.verifier import Verifier, VerifierConfig
 
 
 def time_baselines(verifier_dir: Path, prompts: list[list[int]], n: int) -> dict:

@@ -22,7 +22,6 @@ import argparse
 import glob
 import json
 import math
-import sys
 import sysconfig
 import time
 from dataclasses import dataclass, field
@@ -30,24 +29,24 @@ from datetime import date
 from pathlib import Path
 
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from clsd_ds.ar_drafter import ARDrafterConfig, ar_graft
+from clsd_ds.data.format import MANIFEST
+from clsd_ds.data.reader import DataConfig
+from clsd_ds.data.tokenizer import train_tokenizer
+from clsd_ds.data.writer import PrepareConfig, prepare_data
+from clsd_ds.dit import DiTConfig
+from clsd_ds.flow import FlowConfig
+from clsd_ds.graft import graft
+from clsd_ds.infer.decoder import DecodeConfig
+from clsd_ds.infer.evaluate import EvalConfig, evaluate
+from clsd_ds import tiny
+from clsd_ds.tiny import MINI
+from clsd_ds.train.loop import LogConfig, OptimConfig, TrainConfig
+from clsd_ds.train.run import RunConfig, run
+from clsd_ds.train.stage_c import StageCConfig
+from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer
 
-from clsd_ds.ar_drafter import ARDrafterConfig, ar_graft  # noqa: E402
-from clsd_ds.data.format import MANIFEST  # noqa: E402
-from clsd_ds.data.reader import DataConfig  # noqa: E402
-from clsd_ds.data.tokenizer import train_tokenizer  # noqa: E402
-from clsd_ds.data.writer import PrepareConfig, prepare_data  # noqa: E402
-from clsd_ds.dit import DiTConfig  # noqa: E402
-from clsd_ds.flow import FlowConfig  # noqa: E402
-from clsd_ds.graft import graft  # noqa: E402
-from clsd_ds.infer.decoder import DecodeConfig  # noqa: E402
-from clsd_ds.infer.evaluate import EvalConfig, evaluate  # noqa: E402
-from clsd_ds.quickstart import TINY_VERIFIER  # noqa: E402
-from clsd_ds.train.loop import LogConfig, OptimConfig, TrainConfig  # noqa: E402
-from clsd_ds.train.run import RunConfig, run  # noqa: E402
-from clsd_ds.train.stage_c import StageCConfig  # noqa: E402
-from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DITS = (("clsd_adaln", False), ("clsd_prefix", True))  # (name, dit.prefix_state)
 
@@ -59,7 +58,7 @@ class Sizes:
     block_len: int = 32
     long_block: int = 128  # the DiTs for K > block_len
     prefix_len: int = 96
-    verifier: dict = field(default_factory=lambda: dict(TINY_VERIFIER))
+    verifier: dict = field(default_factory=lambda: dict(MINI))
     verifier_steps: int = 400
     dit_layers: int = 4
     stage_a_steps: int = 300
@@ -72,10 +71,8 @@ class Sizes:
 
 
 TINY = Sizes(files=20, vocab=512, block_len=8, long_block=16, prefix_len=24,
-             verifier={**TINY_VERIFIER, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-                       "head_dim": 16, "linear_key_head_dim": 16, "linear_value_head_dim": 16},
-             verifier_steps=20, dit_layers=2, stage_a_steps=10, stage_c_steps=4, batch=8, ks=(4, 8, 16), ns=(1, 4),
-             prompts=2, tokens=12)
+             verifier={**tiny.TINY, "num_hidden_layers": 4}, verifier_steps=20, dit_layers=2, stage_a_steps=10,
+             stage_c_steps=4, batch=8, ks=(4, 8, 16), ns=(1, 4), prompts=2, tokens=12)
 
 
 def stdlib_files(limit: int) -> list[str]:

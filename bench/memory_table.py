@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from clsd_ds.dit import DiTConfig  # noqa: E402
-from clsd_ds.graft import graft  # noqa: E402
-from clsd_ds.verifier import Verifier, VerifierConfig  # noqa: E402
+from clsd_ds.dit import DiTConfig
+from clsd_ds.graft import graft
+from clsd_ds.verifier import Verifier, VerifierConfig
 
 GIB = 2**30
 DEVICES = {"H200": 141e9, "B200": 183e9, "H100": 80e9}

@@ -23,11 +23,11 @@ from pathlib import Path
 import psutil
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from bench.synthetic_shards import write_synthetic_shards  # noqa: E402
-from clsd_ds.quickstart import TINY_VERIFIER  # noqa: E402
+from synthetic_shards import write_synthetic_shards
+from clsd_ds.tiny import MINI
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def logged_steps(run_dir: Path) -> list[int]:
@@ -38,7 +38,7 @@ def logged_steps(run_dir: Path) -> list[int]:
 
 
 def launch(cfg: Path, nproc: int) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = Path(sys.executable).parent / "torchrun"
     return subprocess.Popen([str(torchrun), "--nproc_per_node", str(nproc), "--master_port", "29655", "-m", "clsd_ds",
                              "train", "--config", str(cfg)], cwd=REPO, env=env, start_new_session=True,
@@ -60,7 +60,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    arch = {**TINY_VERIFIER, "vocab_size": 512}
+    arch = {**MINI, "vocab_size": 512}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_synthetic_shards(tmp / "shards", 2000, arch["vocab_size"], 32, 96, hidden=arch["hidden_size"])

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from bench.memory_table import counts  # noqa: E402
+from memory_table import counts
+
+REPO = Path(__file__).resolve().parents[1]
 
 NVLINK_GBS, NET_GBS_PER_GPU = 450.0, 50.0
 A_FILE = "h200-2026-11-23-stage_a_9b_zero1_bf16_ckpt.json"

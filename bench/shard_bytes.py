@@ -8,13 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.synthetic_shards import write_synthetic_shards  # noqa: E402
+from synthetic_shards import write_synthetic_shards
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import itertools
 import json
 import re
 import statistics
-import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -26,20 +25,20 @@ from typing import Callable
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from clsd_ds.dit import DiTConfig  # noqa: E402
-from clsd_ds.graft import graft  # noqa: E402
-from clsd_ds.infer.autoregressive import Autoregressive  # noqa: E402
-from clsd_ds.infer.decoder import DecodeConfig, SpeculativeDecoder  # noqa: E402
-from clsd_ds.quickstart import TINY_VERIFIER  # noqa: E402
-from clsd_ds.verifier import Verifier, VerifierConfig  # noqa: E402
-from clsd_ds.verifier_state import prefix_pass  # noqa: E402
+from clsd_ds.dit import DiTConfig
+from clsd_ds.graft import graft
+from clsd_ds.infer.autoregressive import Autoregressive
+from clsd_ds.infer.decoder import DecodeConfig, SpeculativeDecoder
+from clsd_ds.tiny import MINI
+from clsd_ds.verifier import Verifier, VerifierConfig
+from clsd_ds.verifier_state import prefix_pass
+
+REPO = Path(__file__).resolve().parents[1]
 
 SHAPES = {  # verifier config, DiT layers, DiT block, prefix, grid of N, grid of K, Euler steps, AR tokens
     "9b": ({}, 12, 128, 512, (1, 2, 4, 8, 16, 32), (8, 16, 32, 64, 128), (1, 2), 64),
-    "tiny": ({**TINY_VERIFIER, "vocab_size": 512}, 4, 32, 96, (1, 4), (8, 32), (1, 2), 16),
+    "tiny": ({**MINI, "vocab_size": 512}, 4, 32, 96, (1, 4), (8, 32), (1, 2), 16),
 }
 
 

@@ -17,26 +17,24 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from bench.synthetic_shards import write_synthetic_shards  # noqa: E402
-from clsd_ds.data.reader import DataConfig  # noqa: E402
-from clsd_ds.dit import DiTConfig  # noqa: E402
-from clsd_ds.quickstart import TINY_VERIFIER  # noqa: E402
-from clsd_ds.train.loop import LogConfig, OptimConfig, TrainConfig  # noqa: E402
-from clsd_ds.train.run import RunConfig, run  # noqa: E402
-from clsd_ds.train.stage_c import StageCConfig  # noqa: E402
-from clsd_ds.verifier import VerifierConfig  # noqa: E402
+from synthetic_shards import write_synthetic_shards
+from clsd_ds.data.reader import DataConfig
+from clsd_ds.dit import DiTConfig
+from clsd_ds.tiny import MINI
+from clsd_ds.train.loop import LogConfig, OptimConfig, TrainConfig
+from clsd_ds.train.run import RunConfig, run
+from clsd_ds.train.stage_c import StageCConfig
+from clsd_ds.verifier import VerifierConfig
 
 SHAPES = {  # verifier architecture, DiT layers, block length, default prefix length
-    "tiny": ({**TINY_VERIFIER, "vocab_size": 512}, 4, 32, 96),  # the quickstart's shapes
+    "tiny": ({**MINI, "vocab_size": 512}, 4, 32, 96),  # the quickstart's shapes
     "9b": ({}, 12, 128, 512),
 }
 

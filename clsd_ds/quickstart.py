@@ -35,12 +35,8 @@ from .train.loop import LogConfig, OptimConfig, TrainConfig
 from .train.preemption import EXIT_REQUEUE
 from .train.run import RunConfig, run
 from .train.stage_c import StageCConfig
+from .tiny import MINI
 from .verifier import VerifierConfig, load_tokenizer
-
-TINY_VERIFIER = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 8, "num_attention_heads": 4,
-                 "num_key_value_heads": 2, "head_dim": 32, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
-                 "linear_key_head_dim": 32, "linear_value_head_dim": 32, "max_position_embeddings": 4096,
-                 "tie_word_embeddings": True}
 
 
 @dataclass
@@ -51,7 +47,7 @@ class QuickstartConfig:
     vocab_size: int = 512
     block_len: int = 32
     prefix_len: int = 96
-    verifier: dict = field(default_factory=lambda: dict(TINY_VERIFIER))
+    verifier: dict = field(default_factory=lambda: dict(MINI))
     verifier_steps: int = 100
     verifier_batch: int = 16
     verifier_lr: float = 3e-3

@@ -12,18 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from clsd_ds import tiny
+from clsd_ds.data.corpus import write_corpus
+from clsd_ds.data.tokenizer import train_tokenizer
+from clsd_ds.data.writer import PrepareConfig, prepare_data
+from clsd_ds.verifier import Verifier, VerifierConfig
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from clsd_ds.data.corpus import write_corpus  # noqa: E402
-from clsd_ds.data.tokenizer import train_tokenizer  # noqa: E402
-from clsd_ds.data.writer import PrepareConfig, prepare_data  # noqa: E402
-from clsd_ds.verifier import Verifier, VerifierConfig  # noqa: E402
-
-# 8 layers in Qwen3.5's [3 x DeltaNet, 1 x attention] pattern, hidden 64.
-TINY = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 8,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "linear_num_key_heads": 2,
-        "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16}
+TINY = {**tiny.TINY, "vocab_size": 320}  # 8 layers in Qwen3.5's [3 x DeltaNet, 1 x attention] pattern, hidden 64
 BLOCK, PREFIX = 16, 32
 
 
@@ -100,9 +96,9 @@ def replicate_run(stage_a_checkpoint_only, shards, tmp_path_factory):
 
 def run_cli(args: list[str], nproc: int = 1, launcher: str = "torchrun", env: dict | None = None,
             timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m clsd_ds ARGS`` under a launcher (torchrun / deepspeed / mpirun / none), from the repo."""
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), WANDB_MODE="offline",
-                    PYTHONUNBUFFERED="1")
+    """Run ``python -m clsd_ds ARGS`` (the installed package) under a launcher (torchrun / deepspeed / mpirun /
+    none), from the repository root."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     bindir = Path(sys.executable).parent
     if launcher == "torchrun":

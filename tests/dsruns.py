@@ -72,7 +72,7 @@ def kill_after_checkpoint(cfg: Path, run_dir: Path, step: int, launcher: str = "
                           timeout: float = 300) -> int:
     """Start a 2-rank run, SIGKILL its whole process group once checkpoint ``step`` is complete; returns the step
     of the checkpoint a restart resumes from."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     bindir = Path(sys.executable).parent
     if launcher == "deepspeed":
         cmd = [str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", "29611", "--module", "clsd_ds"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import BLOCK, PREFIX, REPO, make_shards
+from conftest import BLOCK, PREFIX, make_shards
 from torch.utils.data import DataLoader
 
 from clsd_ds.config import ConfigError
@@ -137,7 +137,7 @@ def test_dropped_loaders_do_not_hold_up_the_exit(shards):
               f"    pids |= {{p.pid for p in multiprocessing.active_children()}}\n"
               f"print(*sorted(pids))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=dict(os.environ))
     assert done.returncode == 0, done.stderr[-3000:]
     workers = [int(pid) for pid in done.stdout.split()]
     assert len(workers) >= 2

@@ -42,7 +42,7 @@ def test_stage_c_job_is_signalled_requeued_and_ends_as_the_uninterrupted_run(
         slurm, replicate_run, stage_a_checkpoint_only, shards, tmp_path, scancel, signal):
     cfg = stage_c_config(tmp_path, "run", shards, stage_a_checkpoint_only, stage_c__placement="replicate")
     run_dir = tmp_path / "run"
-    env = {"CONFIG": str(cfg), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "offline",
+    env = {"CONFIG": str(cfg), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
            "OVERRIDES": "log.wandb=true",
            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     # 2 tasks of 1 CPU each and no GPUs on this node; everything else as the script says

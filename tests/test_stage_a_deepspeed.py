@@ -6,6 +6,7 @@ resume must equal run A's, and so must its final weights.
 """
 
 import json
+import sys
 
 import torch
 from conftest import BLOCK, run_cli
@@ -51,6 +52,11 @@ def test_zero3_stage_a_trains_and_partitions(stage_a_run):
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step{STEPS:08d}"
     assert json.loads(proc.stdout[proc.stdout.index("{"):])["end_step"] == STEPS  # rank 0's summary
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb (offline) was not written"
+    # 2 ranks x 2 DataLoader workers on this Python: started so that they cannot deadlock at fork, no warning
+    start = "forkserver" if sys.version_info < (3, 11, 8) else "fork"
+    for rank in (0, 1):
+        assert f"2 DataLoader workers per rank, started by {start}" in (run_dir / "logs" / f"rank{rank}.log").read_text()
+    assert "gh-112275" not in proc.stdout + proc.stderr
 
 
 def test_export_reloads_into_the_trained_model(stage_a_run):
