@@ -1,16 +1,20 @@
-"""What ships beside the code: configs that load, DeepSpeed JSONs the trainer accepts, scripts that parse,
-and a README that documents every configuration field."""
+"""What ships beside the code: configs that load, DeepSpeed JSONs the trainer accepts, scripts that parse.
+(That the docs document every configuration field is tests/test_docs.py.)"""
 
-import dataclasses
+import json
 import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from clsd_ds.config import load_config
+from clsd_ds.config import ConfigError, load_config
 from clsd_ds.data.writer import PrepareConfig
 from clsd_ds.shipped import PACKAGE
-from clsd_ds.train.loop import OptimConfig, build_ds_config
+from clsd_ds.train.ds_config import build_ds_config, read_ds_config
+from clsd_ds.train.loop import OptimConfig
 from clsd_ds.train.run import RunConfig
 
 
@@ -37,17 +41,54 @@ def test_scripts_parse(path):
     subprocess.run(["bash", "-n", str(path)], check=True)
 
 
-def test_readme_documents_every_field():
-    readme = (REPO / "README.md").read_text()
-    run = RunConfig()
-    missing = []
-    for section in dataclasses.fields(RunConfig):
-        value = getattr(run, section.name)
-        if dataclasses.is_dataclass(value):
-            missing += [f"{section.name}.{f.name}" for f in dataclasses.fields(value)
-                        if f"{section.name}.{f.name}" not in readme]
-        elif f"`{section.name}`" not in readme:
-            missing.append(section.name)
-    missing += [f.name for f in dataclasses.fields(PrepareConfig)
-                if f"`{f.name}`" not in readme and f"`{f.name}.*`" not in readme]
-    assert not missing, f"README lacks: {missing}"
+
+def test_shipped_names_resolve_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert read_ds_config("ds_configs/cpu_zero3.json")["zero_optimization"]["stage"] == 3
+    assert load_config(RunConfig, "configs/stage_a_9b.yaml").dit.num_layers == 12
+    (tmp_path / "ds_configs").mkdir()  # a file of that name here is taken first: the path as given wins
+    (tmp_path / "ds_configs" / "cpu_zero3.json").write_text('{"zero_optimization": {"stage": 1}}')
+    assert read_ds_config("ds_configs/cpu_zero3.json")["zero_optimization"]["stage"] == 1
+
+
+def test_a_name_that_finds_nothing_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        read_ds_config("ds_configs/zero9.json")
+    message = str(err.value)
+    assert f"train.ds_config 'ds_configs/zero9.json' names no file; looked for {tmp_path}/ds_configs/zero9.json and " \
+           f"{PACKAGE}/ds_configs/zero9.json" in message and "zero3_bf16.json" in message  # and what is shipped
+    with pytest.raises(ConfigError, match=f"config file '/nowhere/x.yaml' names no file; looked for /nowhere/x.yaml "
+                                          f"\\(shipped files are named ds_configs/NAME or configs/NAME\\)"):
+        load_config(RunConfig, "/nowhere/x.yaml")
+
+
+def test_the_console_command_reads_shipped_files_from_elsewhere(tmp_path):
+    """The installed ``clsd-ds`` command, run outside the repository: help, and a command that reads a shipped
+    DeepSpeed config (doctor checks what the shipped Stage A config needs)."""
+    command = Path(sys.executable).parent / "clsd-ds"
+    done = subprocess.run([command, "quickstart", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and "--config" in done.stdout, done.stderr
+    done = subprocess.run([command, "doctor", "--json", "--config", "configs/stage_a_9b.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    report = json.loads(done.stdout)
+    assert "ds_configs/zero3_bf16.json" in json.dumps(report)  # the shipped DeepSpeed JSON named by that config
+
+
+def test_pyproject_ranges_admit_the_pinned_stack():
+    """requirements.txt pins the verified stack; pyproject.toml's dependency ranges must admit every pin."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            pins[req.name.lower()] = next(iter(req.specifier)).version
+    deps = [Requirement(d) for d in project["dependencies"]] + \
+           [Requirement(d) for extra in project["optional-dependencies"].values() for d in extra]
+    assert project["requires-python"] == ">=3.11"
+    for dep in deps:
+        assert dep.name.lower() in pins, f"{dep.name} is a dependency but not pinned in requirements.txt"
+        assert dep.specifier.contains(pins[dep.name.lower()]), f"{dep} does not admit the pinned {pins[dep.name]}"
+    assert {d.name.lower() for d in deps} | {"pytest"} >= set(pins) - {"pytest"}
