@@ -39,6 +39,7 @@ METHODS = ("fork", "forkserver", "spawn")
 
 def measure(shards: Path, method: str, workers: int, batch: int, batches: int) -> dict:
     torch.ones(256, 256) @ torch.ones(256, 256)  # the trainer's intra-op threads exist before the workers start
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
     t0 = time.perf_counter()
     loader = ShardLoader(DataConfig(train=str(shards), num_workers=workers, worker_start=method), str(shards), batch,
                          rank=0, world_size=1)
@@ -48,19 +49,21 @@ def measure(shards: Path, method: str, workers: int, batch: int, batches: int) -
     for _ in range(batches):
         next(loader)
     rate = batches / (time.perf_counter() - t1)
-    children = psutil.Process().children(recursive=True)
+    children = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]  # this loader's
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         for child in children:
             os.system(f"kill -{sig.name[3:]} {child.pid}")  # from another process, as Slurm's signals come
     time.sleep(0.5)
     survived = all(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+    error = None
     try:
         next(loader)  # still serving
-    except RuntimeError as exc:  # DataLoader: "worker (pid N) is killed by signal: Terminated"
-        print(f"  {method}: {exc}", flush=True)
-        survived = False
-    loader.close()
-    return {"startup_s": startup, "batches_per_s": rate, "processes": len(children), "survived_signals": survived}
+        loader.close()
+    except RuntimeError as exc:  # DataLoader: "worker (pid N) is killed by signal: ..."
+        error, survived = str(exc).strip(), False
+        print(f"  {method}: {error}", flush=True)
+    return {"startup_s": startup, "batches_per_s": rate, "processes": len(children), "survived_signals": survived,
+            "error": error}
 
 
 def main() -> None:
@@ -83,7 +86,8 @@ def main() -> None:
                    "later_startup_s": statistics.median(r["startup_s"] for r in runs[1:]) if runs[1:] else None,
                    "batches_per_s": statistics.median(r["batches_per_s"] for r in runs),
                    "processes": runs[0]["processes"],
-                   "survived_signals": all(r["survived_signals"] for r in runs)} for m, runs in rows.items()}
+                   "survived_signals": all(r["survived_signals"] for r in runs),
+                   "errors": [r["error"] for r in runs if r["error"]]} for m, runs in rows.items()}
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "python": sys.version.split()[0], "torch": torch.__version__, "date": str(datetime.date.today()),
               "workers": args.workers, "batch": args.batch, "batches": args.batches, "summary": summary, "runs": rows}

@@ -243,11 +243,11 @@ def _cpu_bf16_flags() -> list[str]:
 
 
 def _environment(verdicts: list[dict]) -> dict:
-    from .train.distributed import MPI_MARKERS
+    from .train.distributed import MPI_MARKERS, detect_launcher
 
     env = os.environ
     names = ENV_VARS + tuple(m for m in MPI_MARKERS if m not in ENV_VARS)
-    launcher = _launcher(env)
+    launcher = detect_launcher(env)
     if launcher == "single" and "SLURM_JOB_ID" in env:
         verdicts.append(_verdict("warn", f"inside SLURM job {env['SLURM_JOB_ID']} but not in an srun step "
                                          f"(SLURM_PROCID/SLURM_NTASKS/SLURM_STEP_ID not all set): a training run here "
@@ -255,25 +255,13 @@ def _environment(verdicts: list[dict]) -> dict:
     return {"launcher": launcher, "variables": {k: env[k] for k in names if k in env}}
 
 
-def _launcher(env) -> str:
-    """The launcher ``distributed.launcher_env`` picks, same order, without filling in variables as it does."""
-    from .train.distributed import MPI_MARKERS, REQUIRED
-
-    if all(k in env for k in REQUIRED):
-        return "env"
-    if all(k in env for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID")):
-        return "slurm"
-    if any(k in env for k in MPI_MARKERS):
-        return "mpi"
-    return "single"
-
-
 def _config_plan(cfg: RunConfig, verdicts: list[dict]) -> dict | None:
     """What the config's DeepSpeed JSON asks for, or None (with an error verdict) when it cannot be used."""
     import torch
 
     from .config import ConfigError
-    from .train.ds_config import build_ds_config, compute_dtype, is_zero3, offloads_optimizer, read_ds_config
+    from .train.ds_config import build_ds_config, compute_dtype, offloads_optimizer, read_ds_config
+    from .train.run import check_ds_config
 
     try:
         ds = read_ds_config(cfg.train.ds_config)
@@ -282,9 +270,10 @@ def _config_plan(cfg: RunConfig, verdicts: list[dict]) -> dict | None:
     except ConfigError as exc:
         verdicts.append(_verdict("error", str(exc)))
         return None
-    if cfg.stage == "c" and cfg.stage_c.placement == "zero3" and not is_zero3(ds):
-        verdicts.append(_verdict("error", f"stage_c.placement=zero3 partitions the verifier with ZeRO-3, but "
-                                          f"{cfg.train.ds_config} is not a ZeRO stage 3 config"))
+    try:
+        check_ds_config(cfg, ds)
+    except ConfigError as exc:
+        verdicts.append(_verdict("error", str(exc)))
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype(ds), "fp32")
     return {"ds_config": cfg.train.ds_config, "precision": precision,
             "zero_stage": ds.get("zero_optimization", {}).get("stage", 0), "offload_optimizer": offloads_optimizer(ds),

@@ -38,8 +38,9 @@ def check_checkpoint_dir(path: str) -> Path:
     if not p.is_dir():
         hint = ""
         if "/" in path and not path.startswith((".", "/", "~")) and len(path.split("/")) == 2:
-            hint = (f" — it looks like a hub id; clsd-ds never downloads weights: fetch it first, e.g. "
-                    f"`huggingface-cli download {path} --local-dir ./{path.split('/')[-1]}`, and pass that directory")
+            hint = (f" (relative to {Path.cwd()}); if it is a hub id: clsd-ds never downloads weights: fetch it "
+                    f"first, e.g. `huggingface-cli download {path} --local-dir ./{path.split('/')[-1]}`, and pass that "
+                    f"directory")
         raise ConfigError(f"verifier.path: directory '{path}' does not exist{hint}")
     cfg = p / "config.json"
     if not cfg.is_file():

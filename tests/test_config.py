@@ -50,7 +50,7 @@ def test_missing_file_and_bad_override(tmp_path):
 def test_verifier_path_errors(tmp_path):
     with pytest.raises(ConfigError, match="verifier.path: directory '/no/such/dir' does not exist"):
         Verifier.load(VerifierConfig(path="/no/such/dir"))
-    with pytest.raises(ConfigError, match="looks like a hub id; clsd-ds never downloads"):
+    with pytest.raises(ConfigError, match="if it is a hub id: clsd-ds never downloads"):
         Verifier.load(VerifierConfig(path="Qwen/Qwen3.5-9B"))
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(ConfigError, match="model_type 'llama'; expected one of qwen3_5_text, qwen3_5"):

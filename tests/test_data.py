@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -143,6 +144,35 @@ def test_dropped_loaders_do_not_hold_up_the_exit(shards):
     assert len(workers) >= 2
     alive = [pid for pid in workers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert not alive
+
+
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_a_killed_trainer_leaves_no_worker_behind(shards, start):
+    """kill -9 of the training process: its workers (and a forkserver) end too, and release its output pipes, so
+    a launcher or a test waiting for the process's output is not held up by orphans."""
+    script = (f"import multiprocessing, os, time\n"
+              f"from clsd_ds.data.reader import DataConfig, ShardLoader\n"
+              f"cfg = DataConfig(train={str(shards / 'train')!r}, num_workers=2, worker_start={start!r})\n"
+              f"loader = ShardLoader(cfg, cfg.train, 4, 0, 1)\n"
+              f"next(loader)\n"
+              f"print(*[p.pid for p in multiprocessing.active_children()], flush=True)\n"
+              f"time.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    helpers = [int(pid) for pid in proc.stdout.readline().split()]  # the workers and, with forkserver, the server
+    helpers += [c.pid for c in psutil.Process(proc.pid).children(recursive=True) if c.pid not in helpers]
+    assert len(helpers) >= 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_running(pid) for pid in helpers):
+        time.sleep(0.2)
+    assert not [pid for pid in helpers if _running(pid)]
+    assert proc.stdout.read() == ""  # EOF: nobody holds the pipe any more
+
+
+def _running(pid: int) -> bool:
+    return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
 
 
 def test_resume_needs_the_same_layout(shards):

@@ -27,7 +27,10 @@ import logging
 import multiprocessing
 import os
 import random
+import select
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -211,6 +214,40 @@ def worker_start_method(requested: str) -> str:
     return requested
 
 
+def end_with(pid: int) -> None:
+    """End this process (``os._exit``) as soon as process ``pid`` has ended. A forkserver worker's parent is the
+    server, and every worker holds the server's liveness pipe open, so neither notices by itself that the trainer
+    was killed (``kill -9``, a crash): without this, the orphans would live on, holding the job's output pipes."""
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfd (Linux < 5.3, or pid already gone): poll
+            while _alive(pid):
+                time.sleep(1.0)
+        else:
+            select.select([fd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name=f"end-with-{pid}").start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def init_worker(worker_id: int, trainer: int) -> None:
+    """DataLoader ``worker_init_fn``: Slurm's signals are the trainer's to act on, and the worker ends with it."""
+    leave_stop_signals_to_the_trainer(worker_id, trainer=trainer)
+    end_with(trainer)
+
+
 def worker_context(requested: str):
     """The multiprocessing context for ``data.worker_start``; a forkserver preloads ``worker_server``."""
     method = worker_start_method(requested)
@@ -220,10 +257,13 @@ def worker_context(requested: str):
                     "it forever; use data.worker_start=auto or forkserver", sys.version.split()[0])
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
-        # A forkserver worker re-imports the main module (python -m X: module X; a script: the script) before it
-        # runs; preloaded by the server, that import finds everything already loaded instead of taking seconds.
+        # A forkserver worker re-runs the main module (python -m X: module X; a script such as the clsd-ds console
+        # command: the script) before it starts. Preloaded by the server, what that imports is loaded once instead
+        # of in every worker (seconds). CPython 3.11's forkserver ignores "__main__" for scripts, so the CLI's
+        # module is preloaded by name, which covers the console command and the bench scripts' imports.
         spec = getattr(sys.modules["__main__"], "__spec__", None)
-        ctx.set_forkserver_preload([f"{__package__}.worker_server", spec.name if spec else "__main__"])
+        main = {"clsd_ds.__main__"} | ({spec.name} if spec else set())
+        ctx.set_forkserver_preload([f"{__package__}.worker_server", *sorted(main)])
     return ctx
 
 
@@ -247,7 +287,7 @@ class ShardLoader:
         if cfg.num_workers:
             # the trainer's pid, not the worker's parent: a forkserver worker's parent is the server
             workers = dict(multiprocessing_context=worker_context(cfg.worker_start), prefetch_factor=4,
-                           worker_init_fn=functools.partial(leave_stop_signals_to_the_trainer, trainer=os.getpid()))
+                           worker_init_fn=functools.partial(init_worker, trainer=os.getpid()))
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers, pin_memory=pin_memory,
                                  **workers)
         with stop_signals_blocked():  # the workers and multiprocessing's helpers start shielded from Slurm's signals

@@ -52,18 +52,28 @@ def _slurm_env() -> None:
     os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
 
 
+def detect_launcher(env) -> str:
+    """Which launcher started this process, from its environment (read only): ``env`` (deepspeed / torchrun),
+    ``slurm`` (an srun step), ``mpi`` (mpirun) or ``single``."""
+    if all(k in env for k in REQUIRED):
+        return "env"
+    if all(k in env for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID")):
+        return "slurm"
+    if any(k in env for k in MPI_MARKERS):
+        return "mpi"
+    return "single"
+
+
 def launcher_env() -> str:
     """Fill in the env:// variables from whatever launched us; returns the launcher's name."""
-    if all(k in os.environ for k in REQUIRED):
-        return "env"
-    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and "SLURM_STEP_ID" in os.environ:
+    launcher = detect_launcher(os.environ)
+    if launcher == "slurm":
         _slurm_env()
-        return "slurm"
-    if any(k in os.environ for k in MPI_MARKERS):
-        return "mpi"  # deepspeed.init_distributed(auto_mpi_discovery=True) fills the variables via mpi4py
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(_free_port()))
-    return "single"
+    elif launcher == "single":
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    # mpi: deepspeed.init_distributed(auto_mpi_discovery=True) fills the variables via mpi4py
+    return launcher
 
 
 def init_distributed() -> DistInfo:
