@@ -5,12 +5,28 @@ With x0 ~ N(0, I) noise and x1 the target embeddings divided by ``embed_scale`` 
     x_t = (1 - t) * x0 + t * x1,        v* = x1 - x0,        L = mean ||v_theta(x_t, t, C) - v*||^2
 
 Sampling integrates dx/dt = v_theta from t = 0 (noise) to t = 1 (data) with ``steps`` Euler steps.
+
+Two options change what the DiT is asked, both recorded with the drafter (its ``flow``) so decoding follows them:
+
+``anchor`` (after DFlash): block position 0 holds the anchor, the token the verifier has already chosen (in
+training the block's first token), clean at every t (x_t[:, 0] = x1[:, 0]: inpainting); positions 1.. are drafted,
+and only they are trained. At decoding the anchor is the verifier's own next token, so every candidate's first
+token is accepted by construction and the drafter spends its positions on what comes after it.
+
+``objective: tokens`` (after CDCD's score interpolation): the DiT's output o at (x_t, t) is read through the
+verifier's frozen LM head as logits l = head(o) over the vocabulary, trained with cross-entropy to the block's
+tokens; the clean-block estimate is x̂1 = softmax(l) · E / embed_scale and the sampler's velocity is the straight
+path's through x_t towards it, v = (x̂1 - x_t) / (1 - t). The drafted tokens are argmax l of the last step, so the
+reading is the drafter's own distribution, not a nearest embedding. (One Euler step from t = 0 gives x̂1 at once.)
+
+``position_decay`` γ > 0 weights drafted position k (k = 1, 2, ...) by exp(-(k - 1) / γ), normalised to mean 1, as
+DFlash does: early positions decide acceptance.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 
@@ -24,6 +40,9 @@ class FlowConfig:
     logit_std: float = 1.0
     euler_steps: int = 2  # sampler steps at inference and in Stage C
     t_bins: int = 4  # loss is also reported per t-bin [i/t_bins, (i+1)/t_bins)
+    anchor: bool = False  # block position 0 is the anchor token, clean at every t; positions 1.. are drafted
+    objective: Literal["velocity", "tokens"] = "velocity"  # tokens: logits through the verifier's head, CE
+    position_decay: float = 0.0  # gamma > 0: drafted position k weighted exp(-(k-1)/gamma); 0: all equal
 
     def validate(self) -> None:
         if self.euler_steps < 1:
@@ -32,6 +51,8 @@ class FlowConfig:
             raise ConfigError(f"field 'flow.logit_std': expected a positive number, got {self.logit_std}")
         if self.t_bins < 1:
             raise ConfigError(f"field 'flow.t_bins': expected an integer >= 1, got {self.t_bins}")
+        if self.position_decay < 0:
+            raise ConfigError(f"field 'flow.position_decay': expected >= 0, got {self.position_decay}")
 
 
 def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -53,9 +74,20 @@ def sample_t(cfg: FlowConfig, n: int, generator: torch.Generator | None = None, 
     return torch.sigmoid(cfg.logit_mean + cfg.logit_std * z)
 
 
-def per_sample_loss(v_pred: torch.Tensor, v_target: torch.Tensor) -> torch.Tensor:
-    """Mean squared velocity error per sample, shape [B] (computed in fp32)."""
-    return (v_pred.float() - v_target.float()).pow(2).flatten(1).mean(1)
+def position_weights(cfg: FlowConfig, block_len: int, device=None) -> torch.Tensor:
+    """[K] loss weights per block position: 0 for the anchor; exp(-(k-1)/gamma) (or 1) for drafted positions k,
+    normalised to mean 1 over them."""
+    drafted = torch.arange(block_len, device=device, dtype=torch.float32) - (1 if cfg.anchor else 0)
+    w = torch.exp(-drafted.clamp(min=0) / cfg.position_decay) if cfg.position_decay > 0 else torch.ones_like(drafted)
+    w = w * (drafted >= 0)
+    return w * (w > 0).sum() / w.sum()
+
+
+def pin_anchor(x: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+    """x [B, K, d] with position 0 replaced by the clean anchor [B, d] (unchanged without one)."""
+    if anchor is None:
+        return x
+    return torch.cat([anchor[:, None].to(x.dtype), x[:, 1:]], dim=1)
 
 
 def loss_by_t_bin(losses: torch.Tensor, t: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,3 +108,37 @@ def euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         t = torch.full((x0.shape[0],), i * dt, device=x0.device, dtype=torch.float32)
         x = x + dt * velocity(x, t)
     return x
+
+
+class Readout(NamedTuple):
+    """What the ``tokens`` objective reads the DiT's output with: the verifier's head and embedding matrix."""
+
+    head: Callable[[torch.Tensor], torch.Tensor]  # DiT output [.., d] -> logits [.., V]
+    embedding: torch.Tensor  # E [V, d]
+    embed_scale: float
+
+    def clean_estimate(self, logits: torch.Tensor) -> torch.Tensor:
+        """x̂1 = softmax(l) · E / embed_scale."""
+        return (logits.float().softmax(-1) @ self.embedding.float()) / self.embed_scale
+
+
+def sample_block(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor, cfg: FlowConfig,
+                 steps: int, anchor: torch.Tensor | None = None,
+                 readout: Readout | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Euler sampling of a block from noise x0 [B, K, d] with ``model(x, t)`` (the DiT's output): (x1, the last
+    step's logits or None). ``cfg.objective`` says how the output is a velocity (module docstring); ``anchor``
+    [B, d], the clean anchor, is pinned at position 0 throughout."""
+    logits = None
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        nonlocal logits
+        out = model(pin_anchor(x, anchor), t)
+        if cfg.objective == "velocity":
+            return out
+        logits = readout.head(out)
+        remaining = (1 - t).reshape(-1, 1, 1)
+        return (readout.clean_estimate(logits).to(x.dtype) - x) / remaining
+
+    if cfg.objective == "tokens" and readout is None:
+        raise ValueError("sample_block: the tokens objective needs the verifier's readout (head, embedding)")
+    return pin_anchor(euler_sample(velocity, x0, steps), anchor), logits

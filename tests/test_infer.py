@@ -2,6 +2,7 @@
 replication and advance against fresh passes, the sampling rule's distribution, the guillotine's threshold, edge
 cases and bad inputs."""
 
+import copy
 import json
 import random
 
@@ -11,7 +12,7 @@ from conftest import BLOCK, PREFIX, TINY, run_cli
 
 from clsd_ds.config import ConfigError
 from clsd_ds.dit import DiTConfig
-from clsd_ds.flow import euler_sample
+from clsd_ds.flow import FlowConfig, euler_sample
 from clsd_ds.graft import graft
 from clsd_ds.infer import acceptance
 from clsd_ds.infer.autoregressive import StaticGreedy
@@ -109,6 +110,31 @@ def test_verifier_reading_is_the_verifier_after_each_soft_draft(pair):
     for n in range(3):
         full = torch.cat([embed(torch.tensor([ids])), drafts[n: n + 1, :-1]], 1)
         assert lm(inputs_embeds=full).logits[0, len(ids) - 1:].argmax(-1).tolist() == tokens[n].tolist()
+
+
+@pytest.mark.parametrize("objective", ["tokens", "velocity"])
+def test_anchored_drafter_leads_with_the_verifiers_token_and_stays_greedy(pair, objective):
+    """flow.anchor: the DiT sees the verifier's own next token, clean, at block position 0 in every Euler step,
+    every candidate starts with it (so a cycle commits >= 2 tokens), and exact decoding is still greedy; a
+    token-objective drafter is read by its logits (no extra verifier call)."""
+    lm, base = pair
+    dit = copy.deepcopy(base)
+    dit.flow = FlowConfig(anchor=True, objective=objective, euler_steps=2)
+    with torch.no_grad():  # outputs that vary with the input, so the reading is not constant
+        dit.final.linear.weight.normal_(0, 0.5)
+    seen = []
+    dit.register_forward_hook(lambda module, args, out: seen.append(args[0][:, 0].clone()))
+    ids = prompt(30, seed=5)
+    dec = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=3, max_new_tokens=16))
+    assert dec.reading == ("logits" if objective == "tokens" else "nearest")
+    out, stats = dec.generate(ids)
+    assert out == greedy(lm, ids, 16)
+    assert min(stats.accepted[:-1]) >= 2 and stats.verifier_calls == 2 * len(stats.accepted)
+    first = lm.get_input_embeddings()(torch.tensor([out[0]]))[0] / dit.cfg.embed_scale  # the first cycle's anchor
+    assert len(seen) == 2 * len(stats.accepted) and torch.allclose(seen[0], first.expand(3, -1))
+    if objective == "velocity":
+        with pytest.raises(ConfigError, match="'logits' reads a drafter trained with flow.objective tokens"):
+            SpeculativeDecoder(lm, dit, DecodeConfig(reading="logits"))
 
 
 def test_static_cache_baseline_is_greedy_decoding(pair):

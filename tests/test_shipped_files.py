@@ -58,8 +58,8 @@ def test_a_name_that_finds_nothing_says_where_it_looked(tmp_path, monkeypatch):
     message = str(err.value)
     assert f"train.ds_config 'ds_configs/zero9.json' names no file; looked for {tmp_path}/ds_configs/zero9.json and " \
            f"{PACKAGE}/ds_configs/zero9.json" in message and "zero3_bf16.json" in message  # and what is shipped
-    with pytest.raises(ConfigError, match=f"config file '/nowhere/x.yaml' names no file; looked for /nowhere/x.yaml "
-                                          f"\\(shipped files are named ds_configs/NAME or configs/NAME\\)"):
+    with pytest.raises(ConfigError, match="config file '/nowhere/x.yaml' names no file; looked for /nowhere/x.yaml "
+                                          "\\(shipped files are named ds_configs/NAME or configs/NAME\\)"):
         load_config(RunConfig, "/nowhere/x.yaml")
 
 

@@ -77,3 +77,40 @@ def test_prefix_state_drafter_runs_the_verifier_and_trains_only_the_dit():
     manifest = Manifest(block_len=BLOCK, prefix_len=8, fields=["emb", "cond"], vocab_size=320, hidden_size=64)
     with pytest.raises(ConfigError, match="dit.prefix_state needs the prefixes' token ids"):
         task.check_data(manifest, "shards/train")
+
+
+def test_anchored_token_objective_trains_only_the_drafted_positions():
+    """flow.anchor + objective tokens: the DiT's input at position 0 is the block's first token, clean; the loss is
+    the position-weighted CE of head(output) at positions 1.., and nothing flows back from position 0."""
+    verifier = tiny_verifier()
+    torch.manual_seed(0)
+    dit = graft(verifier, DiTConfig(num_layers=2, block_len=BLOCK))
+    flow = FlowConfig(anchor=True, objective="tokens", position_decay=3.0)
+    task = StageATask(dit, verifier, flow)
+    manifest = Manifest(block_len=BLOCK, prefix_len=8, fields=["prefix", "block"], vocab_size=320)
+    task.check_data(manifest, "shards")
+    task.setup(DistInfo(0, 1, 0, torch.device("cpu")), torch.float32, manifest)
+    with torch.no_grad():
+        dit.final.linear.weight.normal_(0, 0.02)
+    batch = _batch(False, False, verifier)
+    inputs, outputs = [], []
+
+    def hook(module, args, out):
+        inputs.append(args[0])
+        out.retain_grad()
+        outputs.append(out)
+
+    dit.register_forward_hook(hook)
+    loss, metrics = task.loss(dit, batch, torch.Generator().manual_seed(7), 0)
+    torch.testing.assert_close(inputs[0][:, 0], task.targets(batch)[:, 0])
+    loss.backward()
+    assert outputs[0].grad[:, 0].abs().max() == 0 and outputs[0].grad[:, 1].abs().max() > 0
+    logits = verifier.lm.lm_head(outputs[0].detach()).float()
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["block"].flatten(), reduction="none")
+    w = torch.exp(-torch.arange(BLOCK - 1.0) / 3.0)
+    expected = (ce.view(3, BLOCK)[:, 1:] * w / w.mean()).sum(1) / BLOCK
+    assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert metrics["accuracy"][1] == 3 * (BLOCK - 1) and metrics["accuracy_first"][1] == 3
+    with pytest.raises(ConfigError, match="objective=tokens trains on the blocks' token ids"):
+        task.check_data(Manifest(block_len=BLOCK, prefix_len=8, fields=["prefix", "emb"], vocab_size=320,
+                                 hidden_size=64), "emb-shards")

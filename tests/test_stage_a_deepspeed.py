@@ -55,7 +55,8 @@ def test_zero3_stage_a_trains_and_partitions(stage_a_run):
     # 2 ranks x 2 DataLoader workers on this Python: started so that they cannot deadlock at fork, no warning
     start = "forkserver" if sys.version_info < (3, 11, 8) else "fork"
     for rank in (0, 1):
-        assert f"2 DataLoader workers per rank, started by {start}" in (run_dir / "logs" / f"rank{rank}.log").read_text()
+        log = (run_dir / "logs" / f"rank{rank}.log").read_text()
+        assert f"2 DataLoader workers per rank, started by {start}" in log
     assert "gh-112275" not in proc.stdout + proc.stderr
 
 

@@ -41,6 +41,9 @@ def test_the_config_accepts_exactly_the_registered_stages():
         load_config(RunConfig, None, [*base, "stage=b"])
     with pytest.raises(ConfigError, match="stage 'lm' trains no drafter"):
         load_config(RunConfig, None, [*base, "stage=lm", "train.tau_prompts=2"])
+    for option in ("flow.anchor=true", "flow.objective=tokens"):
+        with pytest.raises(ConfigError, match="Stage C trains the seed's velocity drafter"):
+            load_config(RunConfig, None, [*base, "stage=c", option])
 
 
 @pytest.mark.parametrize("name", list(STAGES))

@@ -4,6 +4,9 @@ One cycle, with the verifier's state S after the committed text and h its final-
     C = h;  x0^(n) ~ N(0, I) [K, d];  x̂1^(n) = Euler_steps(DiT(·, t, C), x0^(n))        (n = 1..N, one batch)
     tokens^(n) = nearest rows of E to x̂1^(n) · embed_scale                       (reading: nearest)
               or [argmax lm_head(h) | argmax lm_head(verifier(x̂1^(n)_{<K} · embed_scale | S))]   (reading: verifier)
+              or argmax of the DiT's logits at the last step                   (reading: logits; flow.objective tokens)
+    with flow.anchor, position 0 of every block is a = argmax lm_head(h), the verifier's own next token, pinned clean
+    through the sampling (flow.py), and tokens^(n)_0 = a
     logits^(n) = lm_head([h | verifier(E[tokens^(n)] | S)])   (S replicated N times: one forward for all)
     (n, a, next) = acceptance rule;  commit tokens^(n)[:a] + [next];  S, h <- verifier(committed | S)
 The state advance recomputes the committed tokens from S (one verifier pass of a + 1 tokens), which is exact for
@@ -22,11 +25,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from transformers import Qwen3_5ForCausalLM
 
 from ..config import ConfigError
 from ..dit import CausalDiT
-from ..flow import euler_sample
+from ..flow import Readout, sample_block
 from ..verifier import nearest_tokens
 from ..verifier_state import LayerStates, Prefix, continue_pass, prefix_pass
 from . import acceptance
@@ -37,7 +41,9 @@ class DecodeConfig:
     num_candidates: int = 32
     block_len: int | None = None  # tokens drafted per candidate; None: the DiT's block_len
     euler_steps: int | None = None  # sampler steps; None: the drafter's trained flow.euler_steps
-    reading: Literal["nearest", "verifier"] = "nearest"  # drafted vectors -> tokens (see the module docstring)
+    # drafted vectors -> tokens (module docstring); auto: logits for a drafter trained with flow.objective tokens,
+    # else nearest
+    reading: Literal["auto", "nearest", "verifier", "logits"] = "auto"
     adaptive_block: bool = False  # each cycle drafts k = clip(2^ceil(log2(2·EMA of accepted)), min_block_len, K)
     min_block_len: int = 4
     acceptance: Literal["exact", "sampling", "guillotine"] = "exact"
@@ -115,12 +121,17 @@ class SpeculativeDecoder:
         check_pair(drafter, lm)
         self.lm, self.drafter, self.cfg = lm.eval(), drafter.eval(), cfg
         self.K = cfg.block_len or drafter.cfg.block_len
-        self.euler_steps = None
+        self.euler_steps = self.reading = None  # the DiT's sampler and reading (an AR drafter has neither)
         if isinstance(drafter, CausalDiT):
             if self.K > drafter.cfg.block_len:
                 raise ConfigError(f"field 'decode.block_len': {self.K} is longer than the drafter's block "
                                   f"({drafter.cfg.block_len})")
             self.euler_steps = cfg.euler_steps or drafter.flow.euler_steps  # by default the sampler it trained with
+            tokens = drafter.flow.objective == "tokens"
+            self.reading = ("logits" if tokens else "nearest") if cfg.reading == "auto" else cfg.reading
+            if self.reading == "logits" and not tokens:
+                raise ConfigError("field 'decode.reading': 'logits' reads a drafter trained with flow.objective "
+                                  "tokens; this one regresses velocities (use nearest or verifier)")
         self.embedding = lm.get_input_embeddings().weight if embedding is None else embedding
         self.generator = torch.Generator(device=self.embedding.device).manual_seed(cfg.seed)
 
@@ -142,18 +153,27 @@ class SpeculativeDecoder:
         cond = h[:, 0].expand(N, -1)
         prefix = None
         dit = self.drafter
+        scale = dit.cfg.embed_scale
         if dit.cfg.prefix_state:
             prefix = Prefix(shared, torch.ones(N, length, dtype=torch.bool, device=h.device),
                             torch.full((N,), length, device=h.device))
+        own = self.lm.lm_head(h).argmax(-1).expand(N, 1)  # the verifier's own next token
+        anchor = F.embedding(own[:, 0], self.embedding) / scale if dit.flow.anchor else None
+        readout = Readout(self.lm.lm_head, self.embedding, scale) if dit.flow.objective == "tokens" else None
         x0 = torch.randn(N, k, d, generator=self.generator, device=h.device, dtype=self.embedding.dtype)
-        drafts = euler_sample(lambda x, t: dit(x, t, cond, prefix), x0, self.euler_steps) * dit.cfg.embed_scale
-        if self.cfg.reading == "nearest":
-            return nearest_tokens(drafts, self.embedding)
-        own = self.lm.lm_head(h).argmax(-1).expand(N, 1)  # the verifier's own next token leads every candidate
-        if k == 1:
-            return own
-        read = self._pass(drafts[:, :-1], shared, length)
-        return torch.cat([own, self.lm.lm_head(read).argmax(-1)], 1)
+        x1, logits = sample_block(lambda x, t: dit(x, t, cond, prefix), x0, dit.flow, self.euler_steps, anchor,
+                                  readout)
+        drafts = x1.to(self.embedding.dtype) * scale
+        if self.reading == "logits":
+            tokens = logits.argmax(-1)
+        elif self.reading == "nearest":
+            tokens = nearest_tokens(drafts, self.embedding)
+        else:  # the verifier reads the drafts; its own next token leads every candidate
+            if k == 1:
+                return own
+            read = self._pass(drafts[:, :-1], shared, length)
+            return torch.cat([own, self.lm.lm_head(read).argmax(-1)], 1)
+        return torch.cat([own, tokens[:, 1:]], 1) if dit.flow.anchor else tokens
 
     def verify(self, tokens: torch.Tensor, shared: LayerStates, length: int, h: torch.Tensor) -> torch.Tensor:
         """Verifier logits [N, K+1, V] for all candidates in one forward from the state replicated N times."""
@@ -217,7 +237,7 @@ class SpeculativeDecoder:
             if self.cfg.adaptive_block:
                 recent = 0.5 * recent + 0.5 * a
                 k = min(self.K, max(self.cfg.min_block_len, 2 ** math.ceil(math.log2(max(2 * recent, 1)))))
-            stats.verifier_calls += 2 + (self.cfg.reading == "verifier")
+            stats.verifier_calls += 2 + (self.reading == "verifier")
             stats.draft_s.append(t1 - t0)
             stats.verify_s.append(t2 - t1)
             stats.advance_s.append(time.perf_counter() - t2)

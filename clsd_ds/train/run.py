@@ -43,6 +43,10 @@ class RunConfig:
         stage = STAGES[self.stage]
         if self.stage == "lm" and self.verifier.random_init is None:
             raise ConfigError("stage 'lm' pretrains a new verifier: set 'verifier.random_init' (its architecture)")
+        if self.stage == "c" and (self.flow.anchor or self.flow.objective != "velocity"):
+            raise ConfigError("fields 'flow.anchor' / 'flow.objective': Stage C trains the seed's velocity drafter "
+                              "through the verifier; an anchored or token-objective drafter is trained in Stage A "
+                              "(its CE already reads the drafts through the verifier's head)")
         if not stage.trains_drafter and (self.train.tau_prompts or self.train.keep_best_tau):
             raise ConfigError(f"fields 'train.tau_prompts' / 'train.keep_best_tau': stage {self.stage!r} trains no "
                               f"drafter, so there is no τ to measure")
@@ -55,14 +59,19 @@ def build_task(cfg: RunConfig, dtype, device) -> Task:
     return STAGES[cfg.stage].build(cfg, verifier)
 
 
+def check_ds_config(cfg: RunConfig, ds_config: dict) -> None:
+    """What the run config asks of its DeepSpeed config (raises ConfigError)."""
+    if cfg.stage == "c" and cfg.stage_c.placement == "zero3" and not is_zero3(ds_config):
+        raise ConfigError(f"stage_c.placement=zero3 partitions the verifier with ZeRO-3, but {cfg.train.ds_config} "
+                          f"is not a ZeRO stage 3 config")
+
+
 def run(cfg: RunConfig) -> dict:
     """Train ``cfg`` to ``train.steps`` (resuming from ``run_dir`` if it holds checkpoints); rank 0 gets a summary."""
     ds_config = read_ds_config(cfg.train.ds_config)
     if cfg.verifier.path is not None:
         check_checkpoint_dir(cfg.verifier.path)  # fail before starting the process group
-    if cfg.stage == "c" and cfg.stage_c.placement == "zero3" and not is_zero3(ds_config):
-        raise ConfigError(f"stage_c.placement=zero3 partitions the verifier with ZeRO-3, but {cfg.train.ds_config} "
-                          f"is not a ZeRO stage 3 config")
+    check_ds_config(cfg, ds_config)
     stop = StopRequest()  # from here on a stop signal waits for the first step boundary instead of killing us
     dist_info = init_distributed()
     task = build_task(cfg, compute_dtype(ds_config), dist_info.device)

@@ -1,7 +1,12 @@
-"""Stage A: rectified-flow velocity regression of the DiT on true blocks.
+"""Stage A: rectified-flow training of the DiT on true blocks.
 
 For a batch of blocks: x1 = E[block] / embed_scale (or the stored embeddings), C from the shards or from the frozen
-verifier under no_grad, x0 ~ N(0, I), t ~ FlowConfig.t_sampling; loss = mean ||v_theta(x_t, t, C) - (x1 - x0)||^2.
+verifier under no_grad, x0 ~ N(0, I), t ~ FlowConfig.t_sampling, x_t = (1 - t) x0 + t x1 (with ``flow.anchor``
+position 0 pinned to x1's), o = DiT(x_t, t, C); per position k, with the weights w_k of ``flow.position_weights``:
+
+    objective velocity:  L = mean_k w_k · mean_d (o - (x1 - x0))^2          (the seed's rectified flow)
+    objective tokens:    L = mean_k w_k · CE(head(o)_k, block_k)            (head: the verifier's frozen LM head)
+
 Only the DiT trains. When every sample carries C and the block (ids or embeddings), the verifier's layers are
 not needed: only its embedding matrix is kept on the device. A ``dit.prefix_state`` DiT also reads the verifier's
 per-layer state after each prefix, so the verifier then runs every prefix (under no_grad), and C comes from the
@@ -13,11 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..data.format import Manifest
 from ..dit import CausalDiT, save_dit
-from ..flow import FlowConfig, interpolate, loss_by_t_bin, per_sample_loss, sample_t, velocity_target
+from ..flow import (FlowConfig, Readout, interpolate, loss_by_t_bin, pin_anchor, position_weights, sample_t,
+                    velocity_target)
 from ..verifier import Verifier
 from ..verifier_state import read_prefixes
 from .distributed import DistInfo
@@ -55,11 +62,18 @@ class StageATask:
             raise ConfigError(f"{where}: samples carry neither block ids nor embeddings")
         if cfg.prefix_state and "prefix" not in manifest.fields:
             raise ConfigError(f"{where}: dit.prefix_state needs the prefixes' token ids, these samples carry none")
+        if self.module.flow.objective == "tokens" and "block" not in manifest.fields:
+            raise ConfigError(f"{where}: flow.objective=tokens trains on the blocks' token ids, these samples carry "
+                              f"only embeddings")
 
     def setup(self, dist_info: DistInfo, dtype: torch.dtype, manifest: Manifest) -> None:
         self.online_cond = "cond" not in manifest.fields or self.module.cfg.prefix_state
         lm = self.verifier.lm.to(dtype).to(dist_info.device if self.online_cond else "cpu")
         self.embedding = lm.get_input_embeddings().to(dist_info.device)
+        lm.lm_head.to(dist_info.device)  # the tokens objective reads the DiT's output through it
+
+    def readout(self) -> Readout:
+        return Readout(self.verifier.lm.lm_head, self.embedding.weight, self.module.cfg.embed_scale)
 
     def decoder(self, engine, device, cfg):
         """The speculative decoder for the τ evaluation; the verifier moves to ``device`` if it stayed on the CPU
@@ -81,16 +95,31 @@ class StageATask:
     def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
         x1 = self.targets(batch)
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-        t = sample_t(self.module.flow, x1.shape[0], generator, device=x1.device)
+        flow = self.module.flow
+        t = sample_t(flow, x1.shape[0], generator, device=x1.device)
+        x_t = pin_anchor(interpolate(x0, x1, t), x1[:, 0] if flow.anchor else None)
         if self.module.cfg.prefix_state:
             cond, prefix = read_prefixes(self.verifier.lm, batch["prefix"], batch["prefix_len"], self.embedding.weight)
-            v = model(interpolate(x0, x1, t), t, cond, prefix)
+            out = model(x_t, t, cond, prefix)
         else:
-            v = model(interpolate(x0, x1, t), t, self.cond(batch))
-        losses = per_sample_loss(v, velocity_target(x0, x1))
-        sums, counts = loss_by_t_bin(losses, t, self.module.flow.t_bins)
-        metrics = {"loss": (losses.detach().sum(), losses.numel())}
-        metrics.update({f"loss_t{i}": (sums[i], counts[i]) for i in range(self.module.flow.t_bins)})
+            out = model(x_t, t, self.cond(batch))
+        weights = position_weights(flow, x1.shape[1], x1.device)
+        metrics = {}
+        if flow.objective == "velocity":
+            per_position = (out.float() - velocity_target(x0, x1)).pow(2).mean(-1)
+        else:
+            logits = self.readout().head(out).float()
+            block = batch["block"]
+            per_position = F.cross_entropy(logits.flatten(0, 1), block.flatten(), reduction="none").view_as(block)
+            correct = (logits.argmax(-1) == block).float()
+            first = 1 if flow.anchor else 0
+            drafted = correct[:, first:]
+            metrics.update(accuracy=(drafted.sum(), drafted.numel()), accuracy_first=(correct[:, first].sum(),
+                                                                                       correct.shape[0]))
+        losses = (per_position * weights).mean(1)
+        sums, counts = loss_by_t_bin(losses, t, flow.t_bins)
+        metrics["loss"] = (losses.detach().sum(), losses.numel())
+        metrics.update({f"loss_t{i}": (sums[i], counts[i]) for i in range(flow.t_bins)})
         return losses.mean(), metrics
 
     def flops_per_token(self) -> float:
