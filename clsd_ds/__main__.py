@@ -5,6 +5,7 @@
     report         a run directory's summary and plots (loss, throughput, restarts)
     prepare-data   text -> token-id shards (optionally with C precomputed by the verifier)
     import-seed    the seed's [N, 128, 4096] embedding safetensors -> shards
+    distill        shards whose blocks are the verifier's own continuations of their prefixes (data-parallel)
     eval           speculative decoding of held-out prompts: τ, time split, speedup over the verifier alone
     generate       decode one prompt (--prompt TEXT) with the drafter and print the text and τ
     train          a training run of one stage (below); launch it with deepspeed, torchrun, mpirun or srun, or
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in [("prepare-data", "tokenize text into shards"),
                        ("import-seed", "convert the seed's embedding safetensors into shards"),
+                       ("distill", "rewrite shards' blocks as the verifier's own continuations"),
                        ("train", "run a training stage"),
                        ("eval", "measure speculative decoding on held-out prompts"),
                        ("generate", "decode one prompt with the drafter")]:
@@ -69,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             from .data.seed_import import ImportConfig, import_seed
 
             print(json.dumps(import_seed(load_config(ImportConfig, args.config, args.overrides)), indent=1))
+        elif args.command == "distill":
+            from .data.distill import DistillConfig, distill
+
+            summary = distill(load_config(DistillConfig, args.config, args.overrides))
+            if torch.distributed.get_rank() == 0:
+                print(json.dumps(summary, indent=1), flush=True)
         elif args.command == "train":
             from .train.run import RunConfig, run
 

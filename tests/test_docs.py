@@ -11,6 +11,7 @@ import typing
 import pytest
 from conftest import REPO
 
+from clsd_ds.data.distill import DistillConfig
 from clsd_ds.data.seed_import import ImportConfig
 from clsd_ds.data.writer import PrepareConfig
 from clsd_ds.infer.decoder import DecodeConfig
@@ -27,7 +28,7 @@ TWO_COMMANDS = [
 ]
 # (the dataclass, the prefix its fields carry in the docs): each has its own table, under a heading naming the class
 TABLES = [(RunConfig, ""), (DecodeConfig, "decode."), (EvalConfig, ""), (GenerateConfig, ""), (PrepareConfig, ""),
-          (ImportConfig, "")]
+          (ImportConfig, ""), (DistillConfig, "")]
 
 
 def render(value) -> str:
