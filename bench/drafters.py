@@ -80,12 +80,15 @@ def stdlib_files(limit: int) -> list[str]:
     return files[:limit] if limit else files
 
 
-def train(run_dir: Path, s: Sizes, data: DataConfig, steps: int, lr: float, **sections) -> dict:
+def train(run_dir: Path, s: Sizes, data: DataConfig, steps: int, lr: float, train_extra: dict | None = None,
+          **sections) -> dict:
+    """One training run with the project's trainer (one process, CPU); ``train_extra``: more TrainConfig fields."""
     summary = run(RunConfig(run_dir=str(run_dir), data=data, log=LogConfig(progress=False),
                             optim=OptimConfig(lr=lr, warmup_steps=max(1, steps // 10)),
-                            train=TrainConfig(steps=steps, batch_size=s.batch, ds_config="ds_configs/cpu_zero1.json",
-                                              log_every=max(1, steps // 4), save_every=steps, keep_last=1,
-                                              eval_batches=4), **sections))
+                            train=TrainConfig(**{"steps": steps, "batch_size": s.batch,
+                                                 "ds_config": "ds_configs/cpu_zero1.json",
+                                                 "log_every": max(1, steps // 4), "save_every": steps, "keep_last": 1,
+                                                 "eval_batches": 4, **(train_extra or {})}), **sections))
     if summary["exit"] != "finished":
         raise SystemExit(f"{run_dir}: stopped by a signal after a checkpoint; run again to continue")
     return summary

@@ -54,3 +54,22 @@ def test_drafter_comparison_tiny_runs_every_stage_and_decodes_greedily(tmp_path)
     assert report["budget"]["ar_steps"] >= 1 and report["verifier_heldout_ce"] > 0
     assert (tmp_path / "out" / "grid.png").stat().st_size > 1000
     assert "| ar | 8 |" in (tmp_path / "out" / "grid.md").read_text()
+
+
+def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
+    """bench/drafter_levers.py --tiny: verifier, distilled shards, the AR and lever DiT drafters on both data, τ
+    curves during training; every decode reproduces the verifier's greedy text."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "drafter_levers.py"), "--tiny", "--run",
+                           str(tmp_path / "run"), "--out", str(tmp_path / "out" / "levers")], env=env, cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "levers.json").read_text())
+    assert {r["drafter"] for r in report["rows"]} == {"ar", "ar_dist", "clsd", "clsd_dist"}
+    assert all(r["greedy_outputs"] == "2/2" and 1 <= r["tau"] <= r["K"] + 1 for r in report["rows"])
+    assert all(0 <= a <= 1 for r in report["rows"] for a in r["alpha"])
+    exported = json.loads((tmp_path / "run" / "clsd_dist" / "export" / "dit_config.json").read_text())
+    assert exported["flow"]["anchor"] and exported["flow"]["objective"] == "tokens"
+    steps = [c["step"] for c in report["curves"]["clsd_dist"]]
+    assert steps[0] == 0 and steps[-1] == report["budget"]["dit_steps"] * 2  # the tiny plan's long = 2
+    assert (tmp_path / "run" / "distilled" / "manifest.json").is_file()
