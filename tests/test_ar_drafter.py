@@ -3,7 +3,7 @@ decoding, and its training objective."""
 
 import pytest
 import torch
-from conftest import PREFIX, TINY
+from conftest import PREFIX, TINY, greedy
 
 from clsd_ds.ar_drafter import ARDrafterConfig, ar_graft, load_ar, save_ar
 from clsd_ds.infer.ar_decoder import ARSpeculativeDecoder
@@ -27,14 +27,6 @@ def pair():
 
 def prompt(length: int, seed: int) -> list[int]:
     return torch.randint(0, V, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-@torch.no_grad()
-def greedy(lm, ids: list[int], n: int) -> list[int]:
-    text = list(ids)
-    for _ in range(n):
-        text.append(int(lm(torch.tensor([text])).logits[0, -1].argmax()))
-    return text[len(ids):]
 
 
 def test_graft_takes_the_last_attention_layer(pair):

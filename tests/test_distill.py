@@ -5,7 +5,7 @@ import json
 
 import torch
 import webdataset as wds
-from conftest import run_cli
+from conftest import greedy, run_cli
 
 from clsd_ds.data.format import Manifest, decode_sample
 from clsd_ds.verifier import Verifier, VerifierConfig
@@ -13,14 +13,6 @@ from clsd_ds.verifier import Verifier, VerifierConfig
 
 def _samples(directory, name):
     return [decode_sample(r) for r in wds.tarfile_samples([{"url": str(directory / name)}])]
-
-
-@torch.no_grad()
-def _greedy(lm, prefix: list[int], k: int) -> list[int]:
-    text = list(prefix)
-    for _ in range(k):
-        text.append(int(lm(torch.tensor([text])).logits[0, -1].argmax()))
-    return text[len(prefix):]
 
 
 def test_distilled_blocks_are_the_verifiers_greedy_continuations(shards, verifier_dir, tmp_path):
@@ -35,7 +27,7 @@ def test_distilled_blocks_are_the_verifiers_greedy_continuations(shards, verifie
         assert [s["__key__"] for s in distilled] == [s["__key__"] for s in original]
         for a, b in list(zip(original, distilled))[:6]:
             assert torch.equal(a["prefix"], b["prefix"])
-            assert b["block"].tolist() == _greedy(lm, a["prefix"].tolist(), source.block_len)
+            assert b["block"].tolist() == greedy(lm, a["prefix"].tolist(), source.block_len)
     # a preempted run: one shard and the manifest lost; the rerun redoes only that shard, sample for sample
     victim = source.shards[1].name
     before = _samples(out, victim)

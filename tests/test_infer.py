@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import BLOCK, PREFIX, TINY, run_cli
+from conftest import BLOCK, PREFIX, TINY, greedy, run_cli
 
 from clsd_ds.config import ConfigError
 from clsd_ds.dit import DiTConfig
@@ -34,17 +34,6 @@ def pair():
 
 def prompt(length: int, seed: int) -> list[int]:
     return torch.randint(0, V, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-@torch.no_grad()
-def greedy(lm, ids: list[int], n: int) -> list[int]:
-    """Greedy decoding by definition: each token is the argmax of a full forward over the text so far. (HF's
-    ``generate`` picked another token at 130 tokens here, cached or not, where the forward's top two differ by
-    3e-3 in float64: not used as the reference.)"""
-    text = list(ids)
-    for _ in range(n):
-        text.append(int(lm(torch.tensor([text])).logits[0, -1].argmax()))
-    return text[len(ids):]
 
 
 class OracleDrafter(SpeculativeDecoder):
