@@ -9,7 +9,7 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
     ar[_dist]    the EAGLE-style AR drafter on the corpus [on the distilled shards], for the drafter FLOPs of the
                  seed's DiT schedule (Stage A 300 + Stage C 100 steps x 2 Euler steps, 6 x params x block tokens)
     clsd[_dist]  the DiT with every lever of this change: dit.prefix_state, flow.anchor, flow.objective=tokens,
-                 1 Euler step, flow.position_decay; Stage A only, for the same FLOPs [and the distilled DiT for
+                 1 Euler step trained at its own t (flow.t_sampling euler_grid: t = 0), flow.position_decay; Stage A only, for the same FLOPs [and the distilled DiT for
                  ``--long`` x as many, with τ logged every ``--curve_every`` steps: τ against training FLOPs]
 Each is decoded in ``exact`` mode, K = 16 (the anchor / the verifier's own token first, then 15 drafted), N = 1 and
 4, on held-out prompts; every output is checked against greedy decoding. Per drafter: τ (tokens committed per
@@ -44,7 +44,7 @@ from clsd_ds.infer.evaluate import EvalConfig, evaluate
 from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-LEVERS = FlowConfig(anchor=True, objective="tokens", euler_steps=1, t_sampling="uniform", position_decay=7.0)
+LEVERS = FlowConfig(anchor=True, objective="tokens", euler_steps=1, t_sampling="euler_grid", position_decay=7.0)
 
 
 @dataclass

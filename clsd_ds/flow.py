@@ -35,7 +35,7 @@ from .config import ConfigError
 
 @dataclass
 class FlowConfig:
-    t_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    t_sampling: Literal["uniform", "logit_normal", "euler_grid"] = "logit_normal"  # euler_grid: the sampler's t
     logit_mean: float = 0.0  # logit-normal: t = sigmoid(N(logit_mean, logit_std^2)), as in SD3
     logit_std: float = 1.0
     euler_steps: int = 2  # sampler steps at inference and in Stage C
@@ -67,9 +67,13 @@ def velocity_target(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
 
 
 def sample_t(cfg: FlowConfig, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """n training timesteps in [0, 1): uniform, or sigmoid of a normal (logit-normal)."""
+    """n training timesteps in [0, 1): uniform, sigmoid of a normal (logit-normal), or uniform over the times the
+    ``euler_steps`` sampler evaluates the DiT at, {0, 1/S, ..., (S-1)/S} (``euler_grid``: training sees exactly
+    the inputs decoding gives it; with one step, t = 0: pure noise in, the block out, as DFlash's mask input)."""
     if cfg.t_sampling == "uniform":
         return torch.rand(n, generator=generator, device=device)
+    if cfg.t_sampling == "euler_grid":
+        return torch.randint(0, cfg.euler_steps, (n,), generator=generator, device=device) / cfg.euler_steps
     z = torch.randn(n, generator=generator, device=device)
     return torch.sigmoid(cfg.logit_mean + cfg.logit_std * z)
 

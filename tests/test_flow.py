@@ -101,3 +101,13 @@ def test_anchor_is_pinned_and_tokens_objective_reads_the_logits():
     assert torch.equal(pin_anchor(x0, None), x0)
     with pytest.raises(ValueError, match="needs the verifier's readout"):
         sample_block(model, x0, cfg, 1, anchor)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_euler_grid_timesteps_are_the_samplers(steps):
+    """t_sampling euler_grid trains at exactly the times euler_sample evaluates the model at."""
+    cfg = FlowConfig(t_sampling="euler_grid", euler_steps=steps)
+    t = sample_t(cfg, 600, torch.Generator().manual_seed(0))
+    seen = []
+    euler_sample(lambda x, tt: seen.append(tt[0].item()) or torch.zeros_like(x), torch.zeros(1, 2, 3), steps)
+    assert sorted(set(t.tolist())) == pytest.approx(seen)
