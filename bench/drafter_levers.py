@@ -9,8 +9,10 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
     ar[_dist]    the EAGLE-style AR drafter on the corpus [on the distilled shards], for the drafter FLOPs of the
                  seed's DiT schedule (Stage A 300 + Stage C 100 steps x 2 Euler steps, 6 x params x block tokens)
     clsd[_dist]  the DiT with every lever of this change: dit.prefix_state, flow.anchor, flow.objective=tokens,
-                 1 Euler step trained at its own t (flow.t_sampling euler_grid: t = 0), flow.position_decay; Stage A only, for the same FLOPs [and the distilled DiT for
-                 ``--long`` x as many, with τ logged every ``--curve_every`` steps: τ against training FLOPs]
+                 1 Euler step trained at its own t (flow.t_sampling euler_grid: t = 0), flow.position_decay;
+                 Stage A only, for the same FLOPs [the distilled DiT for ``long`` x as many, with τ logged every
+                 ``curve_every`` steps: τ against training FLOPs]
+    ar_dist_<long>x  the AR drafter on the distilled shards for as many FLOPs as clsd_dist, with its τ curve
 Each is decoded in ``exact`` mode, K = 16 (the anchor / the verifier's own token first, then 15 drafted), N = 1 and
 4, on held-out prompts; every output is checked against greedy decoding. Per drafter: τ (tokens committed per
 cycle), α_i = P(drafted token i accepted | tokens < i accepted) from the per-cycle acceptance (the first, free token
@@ -27,6 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
+from drafters import TINY as TINY_SIZES
 from drafters import Sizes, stdlib_files, train
 
 from clsd_ds.ar_drafter import ARDrafterConfig, ar_graft
@@ -59,11 +62,8 @@ class Plan:
 
 
 FULL = Plan(Sizes(block_len=16, long_block=16, ks=(16,)))
-TINY = Plan(Sizes(files=20, vocab=512, block_len=8, long_block=8, prefix_len=24, verifier_steps=20, dit_layers=2,
-                  stage_a_steps=10, stage_c_steps=4, batch=8, ks=(8,),
-                  verifier={**Sizes().verifier, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-                            "head_dim": 16, "linear_key_head_dim": 16, "linear_value_head_dim": 16}),
-            distill_shards=1, long=2, curve_every=10, ns=(1,), prompts=2, tokens=12)
+TINY = Plan(replace(TINY_SIZES, long_block=8, ks=(8,)), distill_shards=1, long=2, curve_every=10, ns=(1,), prompts=2,
+            tokens=12)
 
 
 def alphas(hist: dict, free: int) -> list[float]:
@@ -123,18 +123,16 @@ def main() -> None:
     report["budget"] = {"drafter_flops": budget, "dit_params": dit_params, "dit_steps": dit_steps,
                         "ar_params": ar_params, "ar_steps": ar_steps}
     dit = DiTConfig(num_layers=s.dit_layers, block_len=s.block_len, prefix_state=True)
-    runs = {}
-    for key in data:
-        runs[f"ar{key}"] = dict(steps=ar_steps, stage="ar", ar=ARDrafterConfig(block_len=s.block_len))
-        steps = dit_steps * (plan.long if key else 1)
-        runs[f"clsd{key}"] = dict(steps=steps, stage="a", dit=dit, flow=LEVERS, train_extra=dict(
-            eval_every=plan.curve_every, tau_prompts=8, tau_cycles=6, tau_candidates=1))
-    for name, spec in runs.items():
+    curve = dict(eval_every=plan.curve_every, tau_prompts=8, tau_cycles=6, tau_candidates=1)
+    ar, lever = dict(stage="ar", ar=ARDrafterConfig(block_len=s.block_len)), dict(stage="a", dit=dit, flow=LEVERS)
+    runs = {  # name: (data, steps, sections); the _dist drafters also for long x the FLOPs, with τ curves
+        "ar": ("", ar_steps, ar), "clsd": ("", dit_steps, {**lever, "train_extra": curve}),
+        "ar_dist": ("_dist", ar_steps, ar),
+        "clsd_dist": ("_dist", dit_steps * plan.long, {**lever, "train_extra": curve}),
+        f"ar_dist_{plan.long}x": ("_dist", ar_steps * plan.long, {**ar, "train_extra": curve})}
+    for name, (key, steps, sections) in runs.items():
         if not (root / name / "export").is_dir():
-            spec = dict(spec)
-            steps = spec.pop("steps")
-            train(root / name, s, data[name[name.index("_"):] if "_" in name else ""], steps, 1e-3,
-                  verifier=verifier, **spec)
+            train(root / name, s, data[key], steps, 1e-3, verifier=verifier, **sections)
 
     rows = []
     for name in runs:
@@ -153,11 +151,12 @@ def main() -> None:
                          "greedy_outputs": r["greedy_outputs"], "speedup": r["speedup"]})
             print(json.dumps({k: rows[-1][k] for k in ("drafter", "N", "tau", "greedy_outputs")}), flush=True)
     report["rows"] = rows
+    step_flops = {"ar": budget / ar_steps, "clsd": budget / dit_steps}  # drafter FLOPs per training step
     report["curves"] = {name: [{"step": e["step"], "tau": e["tau"], "accuracy_first": e.get("accuracy_first"),
-                                "flops": 6 * dit_params * s.batch * s.block_len * e["step"]}
+                                "flops": step_flops[name.split("_")[0]] * e["step"]}
                                for e in map(json.loads, (root / name / "metrics.jsonl").open())
                                if e["kind"] == "eval" and "tau" in e]
-                        for name in runs if name.startswith("clsd")}
+                        for name in runs if "train_extra" in runs[name][2]}
     evals = [e for e in map(json.loads, (root / "verifier" / "metrics.jsonl").open()) if e["kind"] == "eval"]
     report["verifier_heldout_ce"] = [evals[0]["loss"], evals[-1]["loss"]]
     report["seconds"] = round(time.time() - t0, 1)

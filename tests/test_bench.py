@@ -65,11 +65,13 @@ def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "levers.json").read_text())
-    assert {r["drafter"] for r in report["rows"]} == {"ar", "ar_dist", "clsd", "clsd_dist"}
+    assert {r["drafter"] for r in report["rows"]} == {"ar", "ar_dist", "clsd", "clsd_dist", "ar_dist_2x"}
     assert all(r["greedy_outputs"] == "2/2" and 1 <= r["tau"] <= r["K"] + 1 for r in report["rows"])
     assert all(0 <= a <= 1 for r in report["rows"] for a in r["alpha"])
     exported = json.loads((tmp_path / "run" / "clsd_dist" / "export" / "dit_config.json").read_text())
     assert exported["flow"]["anchor"] and exported["flow"]["objective"] == "tokens"
     steps = [c["step"] for c in report["curves"]["clsd_dist"]]
     assert steps[0] == 0 and steps[-1] == report["budget"]["dit_steps"] * 2  # the tiny plan's long = 2
+    ar_curve = report["curves"]["ar_dist_2x"]  # the AR drafter for as many FLOPs as clsd_dist
+    assert ar_curve[-1]["flops"] == pytest.approx(report["curves"]["clsd_dist"][-1]["flops"], rel=0.1)
     assert (tmp_path / "run" / "distilled" / "manifest.json").is_file()
