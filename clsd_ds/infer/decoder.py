@@ -157,8 +157,11 @@ class SpeculativeDecoder:
         if dit.cfg.prefix_state:
             prefix = Prefix(shared, torch.ones(N, length, dtype=torch.bool, device=h.device),
                             torch.full((N,), length, device=h.device))
-        own = self.lm.lm_head(h).argmax(-1).expand(N, 1)  # the verifier's own next token
-        anchor = F.embedding(own[:, 0], self.embedding) / scale if dit.flow.anchor else None
+        own = anchor = None  # the verifier's own next token: the anchor, or what a verifier reading starts with
+        if dit.flow.anchor or self.reading == "verifier":
+            own = self.lm.lm_head(h).argmax(-1).expand(N, 1)
+        if dit.flow.anchor:
+            anchor = F.embedding(own[:, 0], self.embedding) / scale
         readout = Readout(self.lm.lm_head, self.embedding, scale) if dit.flow.objective == "tokens" else None
         x0 = torch.randn(N, k, d, generator=self.generator, device=h.device, dtype=self.embedding.dtype)
         x1, logits = sample_block(lambda x, t: dit(x, t, cond, prefix), x0, dit.flow, self.euler_steps, anchor,

@@ -70,7 +70,8 @@ class StageATask:
         self.online_cond = "cond" not in manifest.fields or self.module.cfg.prefix_state
         lm = self.verifier.lm.to(dtype).to(dist_info.device if self.online_cond else "cpu")
         self.embedding = lm.get_input_embeddings().to(dist_info.device)
-        lm.lm_head.to(dist_info.device)  # the tokens objective reads the DiT's output through it
+        if self.module.flow.objective == "tokens":  # it reads the DiT's output through the verifier's head
+            lm.lm_head.to(dist_info.device)
 
     def readout(self) -> Readout:
         return Readout(self.verifier.lm.lm_head, self.embedding.weight, self.module.cfg.embed_scale)
