@@ -84,6 +84,13 @@ class LayerStates:
             setattr(out, name, {i: t.repeat_interleave(n, dim=0) for i, t in getattr(self, name).items()})
         return out
 
+    def rows(self, n: int) -> "LayerStates":
+        """The first n rows (views), read-only."""
+        out = LayerStates()
+        for name in ("keys", "values", "conv", "recurrent"):
+            setattr(out, name, {i: t[:n] for i, t in getattr(self, name).items()})
+        return out
+
 
 @dataclass
 class Prefix:

@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import PREFIX, TINY, greedy
 
+from clsd_ds.config import ConfigError
 from clsd_ds.ar_drafter import ARDrafterConfig, ar_graft, load_ar, save_ar
 from clsd_ds.infer.ar_decoder import ARSpeculativeDecoder
 from clsd_ds.infer.decoder import DecodeConfig
@@ -69,6 +70,8 @@ def test_exact_decoding_with_the_ar_drafter(pair, length):
                                       ).generate(ids)
     assert out == greedy(verifier.lm, ids, 20)
     assert min(stats.accepted[:-1]) >= 2  # the verifier's own next token leads every chain
+    with pytest.raises(ConfigError, match="decode.candidates.*already branch"):
+        ARSpeculativeDecoder(verifier.lm, drafter, DecodeConfig(candidates="lattice"))
 
 
 def test_training_step_moves_only_the_drafter(tmp_path):

@@ -17,6 +17,7 @@ from clsd_ds.graft import graft
 from clsd_ds.infer import acceptance
 from clsd_ds.infer.autoregressive import StaticGreedy
 from clsd_ds.infer.decoder import DecodeConfig, SpeculativeDecoder
+from clsd_ds.infer.lattice import branch_candidates
 from clsd_ds.verifier import Verifier, VerifierConfig
 from clsd_ds.verifier_state import prefix_pass
 
@@ -124,6 +125,45 @@ def test_anchored_drafter_leads_with_the_verifiers_token_and_stays_greedy(pair, 
     if objective == "velocity":
         with pytest.raises(ConfigError, match="'logits' reads a drafter trained with flow.objective tokens"):
             SpeculativeDecoder(lm, dit, DecodeConfig(reading="logits"))
+
+
+def test_branch_candidates_are_the_path_and_its_most_probable_single_branches():
+    """Worth of branch (i, r) = P(path accepted before i) * p_i(r-th token); the anchor position is never branched,
+    and a block with too few branches repeats the path."""
+    p = torch.tensor([[0.9, 0.1, 0.0, 0.0],   # anchor: given
+                      [0.6, 0.3, 0.1, 0.0],   # reach 1:    branches worth 0.3, 0.1
+                      [0.1, 0.5, 0.4, 0.0],   # reach 0.6:  0.24, 0.06
+                      [0.0, 0.0, 0.2, 0.8]])  # reach 0.3:  0.06, 0
+    rows = branch_candidates(p.log(), 4, first=1)
+    path = [0, 0, 1, 3]
+    assert rows[0].tolist() == path
+    assert rows[1:].tolist() == [[0, 1, 1, 3], [0, 0, 2, 3], [0, 2, 1, 3]]  # worth 0.3, 0.24, 0.1
+    assert branch_candidates(p.log(), 1, first=1).tolist() == [path]
+    assert branch_candidates(p[:1].log(), 3, first=1).tolist() == [[0]] * 3  # only the anchor: nothing to branch
+
+
+def test_lattice_candidates_branch_one_sampling_and_stay_greedy(pair):
+    """decode.candidates lattice: one DiT sampling (the same draws as N = 1), row 0 its argmax path, every other
+    row that path with one drafted token changed; exact decoding is still greedy. Only a logits reading has the
+    distributions to branch, and only a DiT drafter samples."""
+    lm, base = pair
+    dit = copy.deepcopy(base)
+    dit.flow = FlowConfig(anchor=True, objective="tokens", euler_steps=1)
+    with torch.no_grad():
+        dit.final.linear.weight.normal_(0, 0.5)
+    ids = prompt(30, seed=6)
+    hidden, states = prefix_pass(lm, lm.get_input_embeddings()(torch.tensor([ids])),
+                                 torch.ones(1, len(ids), dtype=torch.bool), grow=True)
+    one = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=1)).draft(hidden[:, -1:], states, len(ids), BLOCK)
+    dec = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=5, candidates="lattice", max_new_tokens=16))
+    rows = dec.draft(hidden[:, -1:], states.repeat_interleave(5), len(ids), BLOCK)
+    assert rows.shape == (5, BLOCK) and rows[0].tolist() == one[0].tolist()
+    changed = (rows[1:] != rows[:1]).sum(1)
+    assert changed.tolist() == [1] * 4 and (rows[:, 0] == rows[0, 0]).all()
+    out, stats = dec.generate(ids)
+    assert out == greedy(lm, ids, 16)
+    with pytest.raises(ConfigError, match="decode.candidates.*logits reading.*nearest"):
+        SpeculativeDecoder(lm, base, DecodeConfig(candidates="lattice"))
 
 
 def test_static_cache_baseline_is_greedy_decoding(pair):

@@ -7,6 +7,8 @@ One cycle, with the verifier's state S after the committed text and h its final-
               or argmax of the DiT's logits at the last step                   (reading: logits; flow.objective tokens)
     with flow.anchor, position 0 of every block is a = argmax lm_head(h), the verifier's own next token, pinned clean
     through the sampling (flow.py), and tokens^(n)_0 = a
+    with candidates: lattice (logits reading), one sampling instead of N: tokens^(1) its argmax path, tokens^(2..N)
+    the path's most probable single-token branches (lattice.py)
     logits^(n) = lm_head([h | verifier(E[tokens^(n)] | S)])   (S replicated N times: one forward for all)
     (n, a, next) = acceptance rule;  commit tokens^(n)[:a] + [next];  S, h <- verifier(committed | S)
 The state advance recomputes the committed tokens from S (one verifier pass of a + 1 tokens), which is exact for
@@ -34,11 +36,14 @@ from ..flow import Readout, sample_block
 from ..verifier import nearest_tokens
 from ..verifier_state import LayerStates, Prefix, continue_pass, prefix_pass
 from . import acceptance
+from .lattice import branch_candidates
 
 
 @dataclass
 class DecodeConfig:
     num_candidates: int = 32
+    # noise: N samplings from N noises; lattice: one sampling, its argmax path and N - 1 branches (logits reading)
+    candidates: Literal["noise", "lattice"] = "noise"
     block_len: int | None = None  # tokens drafted per candidate; None: the DiT's block_len
     euler_steps: int | None = None  # sampler steps; None: the drafter's trained flow.euler_steps
     # drafted vectors -> tokens (module docstring); auto: logits for a drafter trained with flow.objective tokens,
@@ -132,6 +137,12 @@ class SpeculativeDecoder:
             if self.reading == "logits" and not tokens:
                 raise ConfigError("field 'decode.reading': 'logits' reads a drafter trained with flow.objective "
                                   "tokens; this one regresses velocities (use nearest or verifier)")
+            if cfg.candidates == "lattice" and self.reading != "logits":
+                raise ConfigError(f"field 'decode.candidates': 'lattice' branches the drafter's own distributions, "
+                                  f"which the logits reading has; this decoder reads by {self.reading}")
+        elif cfg.candidates == "lattice":
+            raise ConfigError("field 'decode.candidates': 'lattice' is for DiT drafters; the AR drafter's N chains "
+                              "already branch at its first drafted token")
         self.embedding = lm.get_input_embeddings().weight if embedding is None else embedding
         self.generator = torch.Generator(device=self.embedding.device).manual_seed(cfg.seed)
 
@@ -150,25 +161,27 @@ class SpeculativeDecoder:
         for a prefix-state DiT, on ``shared``: the state replicated N times). The DiT is causal: its first k
         positions are the same whether it drafts k or more."""
         N, d = self.cfg.num_candidates, h.shape[-1]
-        cond = h[:, 0].expand(N, -1)
+        lattice = self.cfg.candidates == "lattice"
+        rows = 1 if lattice else N  # samplings
+        cond = h[:, 0].expand(rows, -1)
         prefix = None
         dit = self.drafter
         scale = dit.cfg.embed_scale
         if dit.cfg.prefix_state:
-            prefix = Prefix(shared, torch.ones(N, length, dtype=torch.bool, device=h.device),
-                            torch.full((N,), length, device=h.device))
+            prefix = Prefix(shared.rows(rows), torch.ones(rows, length, dtype=torch.bool, device=h.device),
+                            torch.full((rows,), length, device=h.device))
         own = anchor = None  # the verifier's own next token: the anchor, or what a verifier reading starts with
         if dit.flow.anchor or self.reading == "verifier":
             own = self.lm.lm_head(h).argmax(-1).expand(N, 1)
         if dit.flow.anchor:
-            anchor = F.embedding(own[:, 0], self.embedding) / scale
+            anchor = F.embedding(own[:rows, 0], self.embedding) / scale
         readout = Readout(self.lm.lm_head, self.embedding, scale) if dit.flow.objective == "tokens" else None
-        x0 = torch.randn(N, k, d, generator=self.generator, device=h.device, dtype=self.embedding.dtype)
+        x0 = torch.randn(rows, k, d, generator=self.generator, device=h.device, dtype=self.embedding.dtype)
         x1, logits = sample_block(lambda x, t: dit(x, t, cond, prefix), x0, dit.flow, self.euler_steps, anchor,
                                   readout)
         drafts = x1.to(self.embedding.dtype) * scale
         if self.reading == "logits":
-            tokens = logits.argmax(-1)
+            tokens = branch_candidates(logits[0], N, int(dit.flow.anchor)) if lattice else logits.argmax(-1)
         elif self.reading == "nearest":
             tokens = nearest_tokens(drafts, self.embedding)
         else:  # the verifier reads the drafts; its own next token leads every candidate

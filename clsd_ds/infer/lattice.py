@@ -1,0 +1,34 @@
+"""N candidate blocks from one draft's per-position distributions: the argmax path and its best single branches.
+
+With p_i the drafter's distribution at block position i, the path a_i = argmax p_i reaches position i (every token
+before it accepted) with probability R_i = prod_{first <= j < i} p_j(a_j), were the positions independent. A
+branch (i, r) is the path with a_i replaced by the r-th most probable token at i; it adds acceptance only where
+the path fails at i, so it is worth R_i * p_i(r-th). The candidates are the path and the N - 1 branches of highest
+worth; positions after a branch keep the path's tokens. (DiffuSpec searches the same top-k lattice for whole
+paths; a one-step drafter's later positions do not depend on the branch, so single branches are what it can
+offer.) Positions before ``first`` (the anchor) are given and never branched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def branch_candidates(logits: torch.Tensor, n: int, first: int = 0) -> torch.Tensor:
+    """[n, K] token ids from logits [K, V]: row 0 the argmax path, rows 1.. its branches by descending worth (the
+    path again when the block has fewer than n - 1 branches)."""
+    K, V = logits.shape
+    probs = logits.float().softmax(-1)
+    top_p, top_i = probs.topk(min(n, V), dim=-1)  # [K, r]
+    path = top_i[:, 0]
+    rows = path.repeat(n, 1)
+    if n == 1 or K <= first or top_p.shape[1] == 1:
+        return rows
+    reach = torch.ones(K, device=logits.device)
+    reach[first + 1:] = top_p[first:-1, 0].cumprod(0)
+    worth = (reach[:, None] * top_p[:, 1:])[first:]  # [K - first, r - 1]: branches to the 2nd.. r-th token
+    picks = worth.flatten().topk(min(n - 1, worth.numel())).indices
+    for row, flat in enumerate(picks.tolist(), start=1):
+        i, r = divmod(flat, worth.shape[1])
+        rows[row, first + i] = top_i[first + i, r + 1]
+    return rows
