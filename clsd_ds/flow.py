@@ -19,6 +19,12 @@ tokens; the clean-block estimate is x̂1 = softmax(l) · E / embed_scale and the
 path's through x_t towards it, v = (x̂1 - x_t) / (1 - t). The drafted tokens are argmax l of the last step, so the
 reading is the drafter's own distribution, not a nearest embedding. (One Euler step from t = 0 gives x̂1 at once.)
 
+``train_inputs: sampler`` (tokens objective) trains the DiT on the inputs its own Euler sampler gives it instead of
+interpolations of the true block: x^(0) = x0, and for every step i (t_i = i / S) the DiT's logits at
+(x^(i), t_i) are trained with cross-entropy to the block while x^(i+1) = x^(i) + (x̂1^(i) - x^(i)) / (S - i) is
+built from its own estimate (detached). A later step thus learns to correct the drafts of the earlier one, as it
+must at decoding (``interpolation``, the seed's, shows it the true block under less noise instead).
+
 ``position_decay`` γ > 0 weights drafted position k (k = 1, 2, ...) by exp(-(k - 1) / γ), normalised to mean 1, as
 DFlash does: early positions decide acceptance.
 """
@@ -43,6 +49,8 @@ class FlowConfig:
     anchor: bool = False  # block position 0 is the anchor token, clean at every t; positions 1.. are drafted
     objective: Literal["velocity", "tokens"] = "velocity"  # tokens: logits through the verifier's head, CE
     position_decay: float = 0.0  # gamma > 0: drafted position k weighted exp(-(k-1)/gamma); 0: all equal
+    # interpolation: x_t = (1 - t) x0 + t x1 of the true block; sampler: every Euler step on its own sampler's input
+    train_inputs: Literal["interpolation", "sampler"] = "interpolation"
 
     def validate(self) -> None:
         if self.euler_steps < 1:
@@ -53,6 +61,9 @@ class FlowConfig:
             raise ConfigError(f"field 'flow.t_bins': expected an integer >= 1, got {self.t_bins}")
         if self.position_decay < 0:
             raise ConfigError(f"field 'flow.position_decay': expected >= 0, got {self.position_decay}")
+        if self.train_inputs == "sampler" and self.objective != "tokens":
+            raise ConfigError("field 'flow.train_inputs': 'sampler' unrolls the sampler through the DiT's clean-block "
+                              "estimates, which need flow.objective: tokens")
 
 
 def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -114,6 +125,11 @@ def euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     return x
 
 
+def towards(x1_hat: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The straight path's velocity from x at time t [B] to the clean estimate: v = (x̂1 - x) / (1 - t)."""
+    return (x1_hat - x) / (1 - t).reshape(-1, *([1] * (x.dim() - 1)))
+
+
 class Readout(NamedTuple):
     """What the ``tokens`` objective reads the DiT's output with: the verifier's head and embedding matrix."""
 
@@ -140,8 +156,7 @@ def sample_block(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         if cfg.objective == "velocity":
             return out
         logits = readout.head(out)
-        remaining = (1 - t).reshape(-1, 1, 1)
-        return (readout.clean_estimate(logits).to(x.dtype) - x) / remaining
+        return towards(readout.clean_estimate(logits).to(x.dtype), x, t)
 
     if cfg.objective == "tokens" and readout is None:
         raise ValueError("sample_block: the tokens objective needs the verifier's readout (head, embedding)")

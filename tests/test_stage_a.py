@@ -7,10 +7,10 @@ from conftest import BLOCK, tiny_verifier
 from clsd_ds.config import ConfigError
 from clsd_ds.data.format import Manifest
 from clsd_ds.dit import DiTConfig
-from clsd_ds.flow import FlowConfig
+from clsd_ds.flow import FlowConfig, sample_block
 from clsd_ds.graft import graft
 from clsd_ds.train.distributed import DistInfo
-from clsd_ds.train.stage_a import StageATask
+from clsd_ds.train.stage_a import StageATask, block_flops_per_token
 
 
 def _task(fields, prefix_state=False):
@@ -114,3 +114,42 @@ def test_anchored_token_objective_trains_only_the_drafted_positions():
     with pytest.raises(ConfigError, match="objective=tokens trains on the blocks' token ids"):
         task.check_data(Manifest(block_len=BLOCK, prefix_len=8, fields=["prefix", "emb"], vocab_size=320,
                                  hidden_size=64), "emb-shards")
+
+
+def test_sampler_training_inputs_are_the_inputs_decoding_gives_the_dit():
+    """flow.train_inputs sampler: the loss runs the DiT at t = 0, 1/S, ... on exactly the inputs ``sample_block``
+    feeds it from the same noise (each built from the previous step's estimate), and averages the steps' CE; a
+    training step costs S DiT passes."""
+    verifier = tiny_verifier()
+    torch.manual_seed(0)
+    dit = graft(verifier, DiTConfig(num_layers=2, block_len=BLOCK))
+    flow = FlowConfig(anchor=True, objective="tokens", euler_steps=3, train_inputs="sampler")
+    task = StageATask(dit, verifier, flow)
+    task.setup(DistInfo(0, 1, 0, torch.device("cpu")), torch.float32,
+               Manifest(block_len=BLOCK, prefix_len=8, fields=["prefix", "block"], vocab_size=320))
+    with torch.no_grad():  # drafts that differ from step to step
+        dit.final.linear.weight.normal_(0, 0.5)
+    batch = _batch(False, False, verifier)
+    seen = []
+    dit.register_forward_hook(lambda module, args, out: seen.append((args[0].detach(), args[1], out.detach())))
+    loss, metrics = task.loss(dit, batch, torch.Generator().manual_seed(7), 0)
+    trained, seen[:] = list(seen), []
+    x1 = task.targets(batch)
+    x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(7))
+    cond = verifier.conditioning(batch["prefix"], batch["prefix_len"])
+    with torch.no_grad():
+        sample_block(lambda x, t: dit(x, t, cond), x0, flow, 3, x1[:, 0], task.readout())
+    assert len(trained) == len(seen) == 3
+    assert not torch.allclose(trained[1][0], trained[2][0])
+    for (x_train, t_train, _), (x_decode, t_decode, _) in zip(trained, seen):
+        torch.testing.assert_close(x_train, x_decode)
+        torch.testing.assert_close(t_train, t_decode)
+    expected = torch.stack([  # no position decay: the drafted positions weigh 1, the anchor 0
+        torch.nn.functional.cross_entropy(verifier.lm.lm_head(out).flatten(0, 1), batch["block"].flatten(),
+                                          reduction="none").view(3, BLOCK)[:, 1:].sum(1) / BLOCK
+        for _, _, out in trained]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert metrics["loss"][1] == 9 and [metrics[f"loss_t{i}"][1].item() for i in range(4)] == [3, 3, 3, 0]
+    assert task.flops_per_token() == 3 * block_flops_per_token(dit, BLOCK)
+    with pytest.raises(ConfigError, match="flow.train_inputs.*flow.objective: tokens"):
+        FlowConfig(train_inputs="sampler").validate()

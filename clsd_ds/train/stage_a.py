@@ -7,6 +7,9 @@ position 0 pinned to x1's), o = DiT(x_t, t, C); per position k, with the weights
     objective velocity:  L = mean_k w_k · mean_d (o - (x1 - x0))^2          (the seed's rectified flow)
     objective tokens:    L = mean_k w_k · CE(head(o)_k, block_k)            (head: the verifier's frozen LM head)
 
+With ``flow.train_inputs: sampler`` there is no sampled t: the DiT runs every step i of its Euler sampler from
+x^(0) = x0, on the input the sampler builds from its own previous estimate (flow.py), and L averages the steps' CE.
+
 Only the DiT trains. When every sample carries C and the block (ids or embeddings), the verifier's layers are
 not needed: only its embedding matrix is kept on the device. A ``dit.prefix_state`` DiT also reads the verifier's
 per-layer state after each prefix, so the verifier then runs every prefix (under no_grad), and C comes from the
@@ -24,7 +27,7 @@ from ..config import ConfigError
 from ..data.format import Manifest
 from ..dit import CausalDiT, save_dit
 from ..flow import (FlowConfig, Readout, interpolate, loss_by_t_bin, pin_anchor, position_weights, sample_t,
-                    velocity_target)
+                    towards, velocity_target)
 from ..verifier import Verifier
 from ..verifier_state import read_prefixes
 from .distributed import DistInfo
@@ -96,35 +99,45 @@ class StageATask:
     def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
         x1 = self.targets(batch)
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-        flow = self.module.flow
-        t = sample_t(flow, x1.shape[0], generator, device=x1.device)
-        x_t = pin_anchor(interpolate(x0, x1, t), x1[:, 0] if flow.anchor else None)
+        flow, B = self.module.flow, x1.shape[0]
+        anchor = x1[:, 0] if flow.anchor else None
         if self.module.cfg.prefix_state:
-            cond, prefix = read_prefixes(self.verifier.lm, batch["prefix"], batch["prefix_len"], self.embedding.weight)
-            out = model(x_t, t, cond, prefix)
+            context = read_prefixes(self.verifier.lm, batch["prefix"], batch["prefix_len"], self.embedding.weight)
         else:
-            out = model(x_t, t, self.cond(batch))
+            context = (self.cond(batch),)
+        if flow.train_inputs == "sampler":  # every step of the sampler, from pure noise (t = 0: x_0 = x0)
+            times = [torch.full((B,), i / flow.euler_steps, device=x1.device) for i in range(flow.euler_steps)]
+        else:
+            times = [sample_t(flow, B, generator, device=x1.device)]
         weights = position_weights(flow, x1.shape[1], x1.device)
-        metrics = {}
-        if flow.objective == "velocity":
-            per_position = (out.float() - velocity_target(x0, x1)).pow(2).mean(-1)
-        else:
-            logits = self.readout().head(out).float()
-            block = batch["block"]
-            per_position = F.cross_entropy(logits.flatten(0, 1), block.flatten(), reduction="none").view_as(block)
-            correct = (logits.argmax(-1) == block).float()
+        x, losses, metrics = interpolate(x0, x1, times[0]), [], {}
+        for i, t in enumerate(times):
+            out = model(pin_anchor(x, anchor), t, *context)
+            if flow.objective == "velocity":
+                per_position = (out.float() - velocity_target(x0, x1)).pow(2).mean(-1)
+            else:
+                logits = self.readout().head(out).float()
+                per_position = F.cross_entropy(logits.flatten(0, 1), batch["block"].flatten(),
+                                               reduction="none").view(B, -1)
+                if i + 1 < len(times):  # the sampler's next input, from this step's estimate
+                    x = (x + towards(self.readout().clean_estimate(logits), x, t) / len(times)).detach()
+            losses.append((per_position * weights).mean(1))
+        if flow.objective == "tokens":  # of the last step's logits: what decoding reads
+            correct = (logits.argmax(-1) == batch["block"]).float()
             first = 1 if flow.anchor else 0
             drafted = correct[:, first:]
-            metrics.update(accuracy=(drafted.sum(), drafted.numel()), accuracy_first=(correct[:, first].sum(),
-                                                                                       correct.shape[0]))
-        losses = (per_position * weights).mean(1)
+            metrics.update(accuracy=(drafted.sum(), drafted.numel()), accuracy_first=(correct[:, first].sum(), B))
+        losses, t = torch.cat(losses), torch.cat(times)
         sums, counts = loss_by_t_bin(losses, t, flow.t_bins)
         metrics["loss"] = (losses.detach().sum(), losses.numel())
         metrics.update({f"loss_t{i}": (sums[i], counts[i]) for i in range(flow.t_bins)})
         return losses.mean(), metrics
 
     def flops_per_token(self) -> float:
-        return block_flops_per_token(self.module, self.module.cfg.block_len)
+        """Per block token of a training step: one DiT pass, or one per Euler step with train_inputs sampler."""
+        flow = self.module.flow
+        passes = flow.euler_steps if flow.train_inputs == "sampler" else 1
+        return passes * block_flops_per_token(self.module, self.module.cfg.block_len)
 
     def export(self, state_dict: dict, out_dir: Path) -> None:
         save_dit(state_dict, self.module.text_config, self.module.cfg, out_dir, self.module.flow)
