@@ -8,15 +8,28 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
                  verifier's greedy continuation of its prefix (the targets acceptance is measured against)
     ar[_dist]    the EAGLE-style AR drafter on the corpus [on the distilled shards], for the drafter FLOPs of the
                  seed's DiT schedule (Stage A 300 + Stage C 100 steps x 2 Euler steps, 6 x params x block tokens)
-    clsd[_dist]  the DiT with every lever of this change: dit.prefix_state, flow.anchor, flow.objective=tokens,
-                 1 Euler step trained at its own t (flow.t_sampling euler_grid: t = 0), flow.position_decay;
-                 Stage A only, for the same FLOPs [the distilled DiT for ``long`` x as many, with τ logged every
-                 ``curve_every`` steps: τ against training FLOPs]
-    ar_dist_<long>x  the AR drafter on the distilled shards for as many FLOPs as clsd_dist, with its τ curve
-Each is decoded in ``exact`` mode, K = 16 (the anchor / the verifier's own token first, then 15 drafted), N = 1 and
-4, on held-out prompts; every output is checked against greedy decoding. Per drafter: τ (tokens committed per
-cycle), α_i = P(drafted token i accepted | tokens < i accepted) from the per-cycle acceptance (the first, free token
-excluded), tokens per verifier call. JSON + Markdown; a rerun reuses what is there.
+    clsd[_dist]  the DiT with the levers: dit.prefix_state, flow.anchor, flow.objective=tokens, 1 Euler step
+                 trained at its own t (flow.t_sampling euler_grid: t = 0), flow.position_decay; Stage A only, for
+                 the same FLOPs [the distilled DiT for ``long`` x as many]
+    ar_dist_<long>x      the AR drafter on the distilled shards for ``long`` x the FLOPs
+    clsd_dist_l2         the distilled lever DiT with 2 layers instead of 4 (more steps for the same FLOPs)
+    clsd_dist_attn       the DFlash-like configuration: a 2-layer lever DiT grafted from the verifier's last two
+                         attention layers, each attending to its source layer's prefix keys/values (DFlash injects
+                         the target's hidden states as keys/values into every drafter layer)
+    clsd_dist_2step      the distilled lever DiT with a 2-step sampler trained on its own inputs
+                         (flow.train_inputs sampler; 2 DiT passes per step, so half the steps): does a second,
+                         continuous step that sees the first step's drafts add acceptance?
+    abl_*        the ablation, on the distilled shards at 1x the FLOPs: the seed's DiT (adaLN-C, velocity, 2 Euler
+                 steps, logit-normal t), then + prefix state, + anchor, + tokens objective, + one step at t = 0,
+                 + position decay (every lever), and every lever with adaLN-C conditioning instead of the prefix state
+Every ``long`` x run logs τ every ``curve_every`` steps: τ against training FLOPs. Each drafter is decoded at K = 16
+(the anchor / the verifier's own token first, then 15 drafted) on held-out prompts, with the ``exact`` rule (every
+output checked against greedy decoding) and the lossless ``sampling`` rule at T = 1, N = 1 and 4 (a DiT's N also as
+``decode.candidates: lattice``, one draft's top-k branches); the ablation's drafters at ``exact``, N = 1. Per cell:
+τ (tokens committed per cycle), α_i = P(drafted token i accepted | tokens < i accepted) (under ``exact`` the
+verifier's own leading token excluded), tokens per verifier call, and the cycle's verification cost, N·K positions
+per committed token.
+JSON + Markdown + PNG; a rerun reuses the trained drafters and measured cells that are there.
 """
 
 from __future__ import annotations
@@ -24,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -42,41 +54,116 @@ from clsd_ds.data.writer import PrepareConfig, prepare_data
 from clsd_ds.dit import DiTConfig
 from clsd_ds.flow import FlowConfig
 from clsd_ds.graft import graft
+from clsd_ds.infer.acceptance import conditional_acceptance
 from clsd_ds.infer.decoder import DecodeConfig
 from clsd_ds.infer.evaluate import EvalConfig, evaluate
 from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 LEVERS = FlowConfig(anchor=True, objective="tokens", euler_steps=1, t_sampling="euler_grid", position_decay=7.0)
+TWO_STEP = replace(LEVERS, euler_steps=2, train_inputs="sampler")
 
 
 @dataclass
 class Plan:
     sizes: Sizes
     distill_shards: int = 4  # input shards distilled (2,000 samples each)
-    long: int = 4  # the distilled DiT trains for long x the equal-FLOPs steps
+    long: int = 4  # the long runs train for long x the seed's drafter FLOPs
     curve_every: int = 250
     ns: tuple = (1, 4)
-    prompts: int = 16
-    tokens: int = 48
+    rules: tuple = ("exact", "sampling")
+    prompts: int = 32
+    tokens: int = 64
 
 
 FULL = Plan(Sizes(block_len=16, long_block=16, ks=(16,)))
-TINY = Plan(replace(TINY_SIZES, long_block=8, ks=(8,)), distill_shards=1, long=2, curve_every=10, ns=(1,), prompts=2,
-            tokens=12)
+TINY = Plan(replace(TINY_SIZES, long_block=8, ks=(8,)), distill_shards=1, long=2, curve_every=10, ns=(1, 2),
+            prompts=2, tokens=12)
 
 
-def alphas(hist: dict, free: int) -> list[float]:
-    """α_i from a histogram {tokens committed in a cycle: cycles}: a cycle commits free + (drafted tokens
-    accepted) + 1 (the verifier's bonus); α_i = #(accepted >= i) / #(accepted >= i - 1)."""
-    accepted = Counter()
-    for committed, n in hist.items():
-        accepted[max(0, int(committed) - 1 - free)] += n
-    out, at_least = [], sum(accepted.values())
-    for i in range(1, max(accepted, default=0) + 1):
-        nxt = at_least - accepted[i - 1]
-        out.append(nxt / at_least if at_least else 0.0)
-        at_least = nxt
+@dataclass
+class Drafter:
+    data: str  # "" the corpus, "_dist" the distilled shards
+    multiple: int  # x the seed's drafter FLOPs
+    sections: dict  # the run's stage, drafter and flow sections
+    curve: bool = False  # τ logged during training
+    grid: bool = True  # decoded at every rule, N and candidates; else exact, N 1 only
+
+
+def drafters(plan: Plan) -> dict[str, Drafter]:
+    s = plan.sizes
+    ar = dict(stage="ar", ar=ARDrafterConfig(block_len=s.block_len))
+    dit = DiTConfig(num_layers=s.dit_layers, block_len=s.block_len, prefix_state=True)
+    lever = dict(stage="a", dit=dit, flow=LEVERS)
+    attn = [i for i, kind in enumerate(layer_types(plan)) if kind == "full_attention"][-2:]
+    return {"ar": Drafter("", 1, ar), "clsd": Drafter("", 1, lever, curve=True), "ar_dist": Drafter("_dist", 1, ar),
+            "clsd_dist": Drafter("_dist", plan.long, lever, curve=True),
+            f"ar_dist_{plan.long}x": Drafter("_dist", plan.long, ar, curve=True),
+            "clsd_dist_l2": Drafter("_dist", plan.long, {**lever, "dit": replace(dit, num_layers=2)}, curve=True),
+            "clsd_dist_2step": Drafter("_dist", plan.long, {**lever, "flow": TWO_STEP}, curve=True),
+            "clsd_dist_attn": Drafter("_dist", plan.long, {**lever, "dit": replace(dit, num_layers=len(attn),
+                                                                                layers=attn)}, curve=True),
+            **ablation(plan)}
+
+
+def layer_types(plan: Plan) -> list[str]:
+    """The verifier's layer kinds (Qwen3.5: three Gated DeltaNet layers, then one attention layer)."""
+    from transformers import Qwen3_5TextConfig
+
+    return Qwen3_5TextConfig(**plan.sizes.verifier).layer_types
+
+
+def ablation(plan: Plan) -> dict[str, Drafter]:
+    """The seed's DiT on the distilled shards at the seed's FLOPs (Stage A only), then one lever added at a time;
+    the last one has every lever (as clsd_dist, for 1x the FLOPs), and the same with adaLN-C conditioning."""
+    s = plan.sizes
+    dit = DiTConfig(num_layers=s.dit_layers, block_len=s.block_len)
+    prefix = replace(dit, prefix_state=True)
+    anchor = FlowConfig(anchor=True)
+    tokens = replace(anchor, objective="tokens")
+    one_step = replace(tokens, euler_steps=1, t_sampling="euler_grid")
+    ladder = {"abl_seed": (dit, FlowConfig()), "abl_prefix": (prefix, FlowConfig()), "abl_anchor": (prefix, anchor),
+              "abl_tokens": (prefix, tokens), "abl_one_step": (prefix, one_step), "abl_decay": (prefix, LEVERS),
+              "abl_decay_adaln": (dit, LEVERS)}
+    return {name: Drafter("_dist", 1, dict(stage="a", dit=d, flow=f), grid=False)
+            for name, (d, f) in ladder.items()}
+
+
+def budget(plan: Plan, lm: Verifier, runs: dict[str, Drafter]) -> dict:
+    """Drafter training FLOPs (6 per parameter and trained position: a DiT's block tokens per pass, the AR
+    drafter's prefix + block) and each run's steps: the seed's DiT schedule for the 4-layer DiT, the AR drafter's
+    steps for as many FLOPs, other DiTs the 4-layer DiT's steps scaled by parameters x passes per step."""
+    s = plan.sizes
+    base = sum(p.numel() for p in graft(lm, DiTConfig(num_layers=s.dit_layers, block_len=s.block_len)).parameters())
+    ar_params = sum(p.numel() for p in ar_graft(lm, ARDrafterConfig()).parameters())
+    flops = 6 * base * s.batch * s.block_len * (s.stage_a_steps + 2 * s.stage_c_steps)
+    dit_steps = s.stage_a_steps + 2 * s.stage_c_steps
+    ar_step = 6 * ar_params * s.batch * (s.prefix_len + s.block_len)
+    ar_steps = -(-flops // ar_step)
+    out = {"drafter_flops": flops, "dit_params": base, "dit_steps": dit_steps, "ar_params": ar_params,
+           "ar_steps": ar_steps, "runs": {}}
+    for name, d in runs.items():
+        if d.sections["stage"] == "ar":
+            steps, step_flops = ar_steps * d.multiple, flops / ar_steps
+        else:
+            params = sum(p.numel() for p in graft(lm, d.sections["dit"]).parameters())
+            passes = d.sections["flow"].euler_steps if d.sections["flow"].train_inputs == "sampler" else 1
+            steps = round(dit_steps * d.multiple * base / (params * passes))
+            step_flops = 6 * params * passes * s.batch * s.block_len
+        out["runs"][name] = {"steps": steps, "step_flops": step_flops, "multiple": d.multiple}
+    return out
+
+
+def cells(plan: Plan, runs: dict[str, Drafter]) -> list[tuple[str, str, int, str]]:
+    """(drafter, rule, N, candidates): every drafter at every rule and N, a DiT's N > 1 also as a lattice; the
+    ablation's drafters at the exact rule and N 1."""
+    out = []
+    for name, d in runs.items():
+        for rule in plan.rules if d.grid else ("exact",):
+            for n in plan.ns if d.grid else (1,):
+                out.append((name, rule, n, "noise"))
+                if n > 1 and d.sections["stage"] != "ar":
+                    out.append((name, rule, n, "lattice"))
     return out
 
 
@@ -90,7 +177,7 @@ def main() -> None:
     s, root, t0 = plan.sizes, Path(args.run), time.time()
     root.mkdir(parents=True, exist_ok=True)
     report: dict = {"sizes": vars(s), "plan": {k: v for k, v in vars(plan).items() if k != "sizes"},
-                    "levers": to_dict(LEVERS)}
+                    "levers": to_dict(LEVERS), "two_step": to_dict(TWO_STEP)}
 
     tok_dir, files = root / "tokenizer", stdlib_files(s.files)
     if not (tok_dir / "tokenizer.json").is_file():
@@ -113,70 +200,88 @@ def main() -> None:
                               max_shards=plan.distill_shards))
     data = {"": corpus, "_dist": replace(corpus, train=str(distilled))}
 
-    lm = Verifier.load(verifier)
-    dit_params = sum(p.numel() for p in graft(lm, DiTConfig(num_layers=s.dit_layers, block_len=s.block_len))
-                     .parameters())
-    ar_params = sum(p.numel() for p in ar_graft(lm, ARDrafterConfig()).parameters())
-    budget = 6 * dit_params * s.batch * s.block_len * (s.stage_a_steps + 2 * s.stage_c_steps)  # the seed's schedule
-    dit_steps = s.stage_a_steps + 2 * s.stage_c_steps
-    ar_steps = -(-budget // (6 * ar_params * s.batch * (s.prefix_len + s.block_len)))
-    report["budget"] = {"drafter_flops": budget, "dit_params": dit_params, "dit_steps": dit_steps,
-                        "ar_params": ar_params, "ar_steps": ar_steps}
-    dit = DiTConfig(num_layers=s.dit_layers, block_len=s.block_len, prefix_state=True)
+    runs = drafters(plan)
+    report["budget"] = plan_flops = budget(plan, Verifier.load(verifier), runs)
     curve = dict(eval_every=plan.curve_every, tau_prompts=8, tau_cycles=6, tau_candidates=1)
-    ar, lever = dict(stage="ar", ar=ARDrafterConfig(block_len=s.block_len)), dict(stage="a", dit=dit, flow=LEVERS)
-    runs = {  # name: (data, steps, sections); the _dist drafters also for long x the FLOPs, with τ curves
-        "ar": ("", ar_steps, ar), "clsd": ("", dit_steps, {**lever, "train_extra": curve}),
-        "ar_dist": ("_dist", ar_steps, ar),
-        "clsd_dist": ("_dist", dit_steps * plan.long, {**lever, "train_extra": curve}),
-        f"ar_dist_{plan.long}x": ("_dist", ar_steps * plan.long, {**ar, "train_extra": curve})}
-    for name, (key, steps, sections) in runs.items():
+    for name, d in runs.items():
         if not (root / name / "export").is_dir():
-            train(root / name, s, data[key], steps, 1e-3, verifier=verifier, **sections)
+            train(root / name, s, data[d.data], plan_flops["runs"][name]["steps"], 1e-3, verifier=verifier,
+                  **d.sections, **({"train_extra": curve} if d.curve else {}))
 
-    rows = []
-    for name in runs:
-        free = 1  # the anchor / the AR chain's first token: the verifier's own next token, accepted by construction
-        for n in plan.ns:
-            out = root / "eval" / f"{name}_n{n}"
-            if (out / "eval.json").is_file():
-                r = json.loads((out / "eval.json").read_text())
-            else:
-                r = evaluate(EvalConfig(verifier=verifier, drafter=str(root / name), prompts=str(tokens / "val"),
-                                        num_prompts=plan.prompts, out=str(out), device="cpu", decode=DecodeConfig(
-                                            num_candidates=n, block_len=s.block_len, max_new_tokens=plan.tokens)))
-            rows.append({"drafter": name, "K": s.block_len, "N": n, "tau": r["tau"],
-                         "alpha": alphas(r["tau_histogram"], free), "tau_histogram": r["tau_histogram"],
-                         "tokens_per_verifier_call": r["tokens_per_verifier_call"],
-                         "greedy_outputs": r["greedy_outputs"], "speedup": r["speedup"]})
-            print(json.dumps({k: rows[-1][k] for k in ("drafter", "N", "tau", "greedy_outputs")}), flush=True)
+    rows, evals = [], root / f"eval_{plan.prompts}x{plan.tokens}"
+    for name, rule, n, candidates in cells(plan, runs):
+        out = evals / f"{name}_{rule}_n{n}{'_lattice' if candidates == 'lattice' else ''}"
+        if (out / "eval.json").is_file():
+            r = json.loads((out / "eval.json").read_text())
+        else:
+            r = evaluate(EvalConfig(verifier=verifier, drafter=str(root / name), prompts=str(tokens / "val"),
+                                    num_prompts=plan.prompts, out=str(out), device="cpu", decode=DecodeConfig(
+                                        num_candidates=n, candidates=candidates, block_len=s.block_len,
+                                        max_new_tokens=plan.tokens, acceptance=rule, temperature=1.0)))
+        sections = runs[name].sections  # the verifier's own next token leads (AR, anchor): accepted under exact
+        given = r.get("given_tokens", int(rule == "exact" and (sections["stage"] == "ar" or sections["flow"].anchor)))
+        rows.append({"drafter": name, "data": runs[name].data or "corpus", "flops_multiple": runs[name].multiple,
+                     "rule": rule, "K": s.block_len, "N": n, "candidates": candidates, "tau": r["tau"],
+                     "alpha": conditional_acceptance(r["tau_histogram"], given), "tau_histogram": r["tau_histogram"],
+                     "tokens_per_verifier_call": r["tokens_per_verifier_call"],
+                     "verify_positions_per_token": n * s.block_len / r["tau"],
+                     "greedy_outputs": r["greedy_outputs"] if rule == "exact" else None, "speedup": r["speedup"]})
+        print(json.dumps({k: rows[-1][k] for k in ("drafter", "rule", "N", "candidates", "tau")}), flush=True)
     report["rows"] = rows
-    step_flops = {"ar": budget / ar_steps, "clsd": budget / dit_steps}  # drafter FLOPs per training step
     report["curves"] = {name: [{"step": e["step"], "tau": e["tau"], "accuracy_first": e.get("accuracy_first"),
-                                "flops": step_flops[name.split("_")[0]] * e["step"]}
+                                "flops": plan_flops["runs"][name]["step_flops"] * e["step"]}
                                for e in map(json.loads, (root / name / "metrics.jsonl").open())
                                if e["kind"] == "eval" and "tau" in e]
-                        for name in runs if "train_extra" in runs[name][2]}
-    evals = [e for e in map(json.loads, (root / "verifier" / "metrics.jsonl").open()) if e["kind"] == "eval"]
-    report["verifier_heldout_ce"] = [evals[0]["loss"], evals[-1]["loss"]]
+                        for name, d in runs.items() if d.curve}
+    ce = [e for e in map(json.loads, (root / "verifier" / "metrics.jsonl").open()) if e["kind"] == "eval"]
+    report["verifier_heldout_ce"] = [{"step": e["step"], "loss": e["loss"]} for e in ce]
     report["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out or REPO / "bench" / "results" / f"cpu-{date.today()}-levers{'_tiny' if args.tiny else ''}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     out.with_suffix(".md").write_text(table(report))
+    plot(report, out.with_suffix(".png"))
     print(table(report))
 
 
 def table(report: dict) -> str:
-    lines = ["| drafter | N | τ | α₁..α₈ | tokens / verifier call | greedy |", "|---|---|---|---|---|---|"]
+    lines = ["| drafter | data | FLOPs | rule | N | candidates | τ | α₁..α₈ | tokens / verifier call | "
+             "verified positions / token | greedy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         alpha = ", ".join(f"{a:.2f}" for a in r["alpha"][:8]) or "—"
-        lines.append(f"| {r['drafter']} | {r['N']} | {r['tau']:.2f} | {alpha} | {r['tokens_per_verifier_call']:.2f} | "
-                     f"{r['greedy_outputs']} |")
+        lines.append(f"| {r['drafter']} | {r['data']} | {r['flops_multiple']}× | {r['rule']} | {r['N']} | "
+                     f"{r['candidates']} | {r['tau']:.2f} | {alpha} | {r['tokens_per_verifier_call']:.2f} | "
+                     f"{r['verify_positions_per_token']:.1f} | {r['greedy_outputs'] or '—'} |")
     for name, curve in report["curves"].items():
-        lines.append(f"\n{name}: τ (N 1, training evaluation) by step: "
-                     + ", ".join(f"{c['step']}: {c['tau']:.2f}" for c in curve))
+        lines.append(f"\n{name}: τ (N 1, training evaluation) at step (TFLOP): " + ", ".join(
+            f"{c['step']} ({c['flops'] / 1e12:.2f}): {c['tau']:.2f}" for c in curve))
     return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Left: τ during training against drafter FLOPs; right: α_i of every drafter, exact rule, N 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for name, curve in report["curves"].items():
+        left.plot([c["flops"] / 1e12 for c in curve], [c["tau"] for c in curve], marker="o", label=name)
+    left.set_xlabel("drafter training TFLOP")
+    left.set_ylabel("τ (N 1, exact, training evaluation)")
+    left.legend(fontsize=8)
+    for r in report["rows"]:
+        if r["rule"] == "exact" and r["N"] == 1 and r["alpha"]:
+            right.plot(range(1, len(r["alpha"]) + 1), r["alpha"], marker=".",
+                       label=f"{r['drafter']} (τ {r['tau']:.2f})")
+    right.set_xlabel("drafted position i")
+    right.set_ylabel("α_i = P(i accepted | < i accepted)")
+    right.set_ylim(0, 1.05)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

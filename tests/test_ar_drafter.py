@@ -70,6 +70,7 @@ def test_exact_decoding_with_the_ar_drafter(pair, length):
                                       ).generate(ids)
     assert out == greedy(verifier.lm, ids, 20)
     assert min(stats.accepted[:-1]) >= 2  # the verifier's own next token leads every chain
+    assert ARSpeculativeDecoder(verifier.lm, drafter, DecodeConfig()).given == 1  # the verifier's own token leads
     with pytest.raises(ConfigError, match="decode.candidates.*already branch"):
         ARSpeculativeDecoder(verifier.lm, drafter, DecodeConfig(candidates="lattice"))
 

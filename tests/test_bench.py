@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
@@ -57,21 +58,33 @@ def test_drafter_comparison_tiny_runs_every_stage_and_decodes_greedily(tmp_path)
 
 
 def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
-    """bench/drafter_levers.py --tiny: verifier, distilled shards, the AR and lever DiT drafters on both data, τ
-    curves during training; every decode reproduces the verifier's greedy text."""
+    """bench/drafter_levers.py --tiny: verifier, distilled shards, the AR and lever DiT drafters on both data and
+    the DiT variants, τ curves during training at matched FLOPs; both rules, noise and lattice candidates; every
+    exact decode reproduces the verifier's greedy text."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(REPO / "bench" / "drafter_levers.py"), "--tiny", "--run",
                            str(tmp_path / "run"), "--out", str(tmp_path / "out" / "levers")], env=env, cwd=REPO,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "levers.json").read_text())
-    assert {r["drafter"] for r in report["rows"]} == {"ar", "ar_dist", "clsd", "clsd_dist", "ar_dist_2x"}
-    assert all(r["greedy_outputs"] == "2/2" and 1 <= r["tau"] <= r["K"] + 1 for r in report["rows"])
-    assert all(0 <= a <= 1 for r in report["rows"] for a in r["alpha"])
-    exported = json.loads((tmp_path / "run" / "clsd_dist" / "export" / "dit_config.json").read_text())
-    assert exported["flow"]["anchor"] and exported["flow"]["objective"] == "tokens"
-    steps = [c["step"] for c in report["curves"]["clsd_dist"]]
-    assert steps[0] == 0 and steps[-1] == report["budget"]["dit_steps"] * 2  # the tiny plan's long = 2
-    ar_curve = report["curves"]["ar_dist_2x"]  # the AR drafter for as many FLOPs as clsd_dist
-    assert ar_curve[-1]["flops"] == pytest.approx(report["curves"]["clsd_dist"][-1]["flops"], rel=0.1)
+    names = {"ar", "ar_dist", "clsd", "clsd_dist", "ar_dist_2x", "clsd_dist_l2", "clsd_dist_attn", "clsd_dist_2step"}
+    ablation = {"abl_seed", "abl_prefix", "abl_anchor", "abl_tokens", "abl_one_step", "abl_decay", "abl_decay_adaln"}
+    assert {r["drafter"] for r in report["rows"]} == names | ablation
+    exact = [r for r in report["rows"] if r["rule"] == "exact"]
+    assert all(r["greedy_outputs"] == "2/2" for r in exact)
+    assert all(1 <= r["tau"] <= r["K"] + 1 and all(0 <= a <= 1 for a in r["alpha"]) for r in report["rows"])
+    cells = Counter((r["drafter"], r["rule"]) for r in report["rows"])  # N 1, 2 (and a DiT's lattice at N 2)
+    assert all(cells[name, rule] == (2 if name.startswith("ar") else 3) for name in names
+               for rule in ("exact", "sampling"))
+    assert all(cells[name, "exact"] == 1 and cells[name, "sampling"] == 0 for name in ablation)
+    seed = json.loads((tmp_path / "run" / "abl_seed" / "export" / "dit_config.json").read_text())
+    assert not seed["dit"]["prefix_state"] and seed["flow"]["objective"] == "velocity" and not seed["flow"]["anchor"]
+    two_step = json.loads((tmp_path / "run" / "clsd_dist_2step" / "export" / "dit_config.json").read_text())
+    assert two_step["flow"]["anchor"] and two_step["flow"]["train_inputs"] == "sampler"
+    runs = report["budget"]["runs"]
+    assert runs["clsd_dist"]["steps"] == report["budget"]["dit_steps"] * 2  # the tiny plan's long = 2
+    assert runs["clsd_dist_2step"]["steps"] == runs["clsd_dist"]["steps"] // 2  # two DiT passes a step
+    final = {name: curve[-1]["flops"] for name, curve in report["curves"].items() if name != "clsd"}
+    assert max(final.values()) == pytest.approx(min(final.values()), rel=0.1)  # the long runs' FLOPs match
     assert (tmp_path / "run" / "distilled" / "manifest.json").is_file()
+    assert (tmp_path / "out" / "levers.png").stat().st_size > 1000

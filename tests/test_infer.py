@@ -15,6 +15,7 @@ from clsd_ds.dit import DiTConfig
 from clsd_ds.flow import FlowConfig, euler_sample
 from clsd_ds.graft import graft
 from clsd_ds.infer import acceptance
+from clsd_ds.infer.acceptance import conditional_acceptance
 from clsd_ds.infer.autoregressive import StaticGreedy
 from clsd_ds.infer.decoder import DecodeConfig, SpeculativeDecoder
 from clsd_ds.infer.lattice import branch_candidates
@@ -116,7 +117,9 @@ def test_anchored_drafter_leads_with_the_verifiers_token_and_stays_greedy(pair, 
     dit.register_forward_hook(lambda module, args, out: seen.append(args[0][:, 0].clone()))
     ids = prompt(30, seed=5)
     dec = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=3, max_new_tokens=16))
-    assert dec.reading == ("logits" if objective == "tokens" else "nearest")
+    assert dec.reading == ("logits" if objective == "tokens" else "nearest") and dec.given == 1
+    assert SpeculativeDecoder(lm, base, DecodeConfig()).given == 0  # no anchor: nothing is given
+    assert SpeculativeDecoder(lm, dit, DecodeConfig(acceptance="sampling")).given == 0  # the argmax may be refused
     out, stats = dec.generate(ids)
     assert out == greedy(lm, ids, 16)
     assert min(stats.accepted[:-1]) >= 2 and stats.verifier_calls == 2 * len(stats.accepted)
@@ -164,6 +167,15 @@ def test_lattice_candidates_branch_one_sampling_and_stay_greedy(pair):
     assert out == greedy(lm, ids, 16)
     with pytest.raises(ConfigError, match="decode.candidates.*logits reading.*nearest"):
         SpeculativeDecoder(lm, base, DecodeConfig(candidates="lattice"))
+
+
+def test_conditional_acceptance_from_the_committed_histogram():
+    """α_i = #(accepted drafts >= i) / #(>= i - 1); a cycle commits the given tokens, the accepted drafts and the
+    verifier's token. Which tokens are given: the verifier's own leading token, under the exact rule only."""
+    hist = {"2": 2, "3": 1, "5": 1}
+    assert conditional_acceptance(hist, 1) == [0.5, 0.5, 1.0]  # accepted drafts 0, 0, 1, 3
+    assert conditional_acceptance(hist, 0) == [1.0, 0.5, 0.5, 1.0]  # 1, 1, 2, 4
+    assert conditional_acceptance({"1": 3}, 0) == []
 
 
 def test_static_cache_baseline_is_greedy_decoding(pair):
@@ -326,6 +338,7 @@ def test_eval_command_measures_and_checks_greedy(verifier_dir, exported_drafter,
     result = json.loads((out / "eval.json").read_text())
     assert result["prompts"] == 3 and result["tokens"] == 30 and result["greedy_outputs"] == "3/3"
     assert sum(int(k) * v for k, v in result["tau_histogram"].items()) == 30
+    assert result["given_tokens"] == 0 and result["alpha"] == conditional_acceptance(result["tau_histogram"], 0)
     assert result["tau"] == 30 / result["cycles"] and result["speedup"] > 0 and result["baseline_tok_s"] > 0
     assert result["tokens_per_verifier_call"] == 30 / (2 * result["cycles"])  # verification + state advance
     for r in result["per_prompt"]:  # the static-cache baseline's text: equal, or how many leading tokens agree

@@ -15,6 +15,8 @@ the cycle commits ``tokens[n, :a]`` and then that token, so it always makes prog
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 
@@ -63,3 +65,20 @@ def guillotine(logits: torch.Tensor, tokens: torch.Tensor, threshold: float) -> 
     n = int(logp.mean(1).argmax())
     a = int((logp[n].exp() >= threshold).long().cumprod(0).sum())
     return n, a, int(logits[n, a].argmax())
+
+
+def conditional_acceptance(histogram: dict, given: int) -> list[float]:
+    """α_i = P(drafted token i accepted | drafted tokens < i accepted), i = 1, 2, ..., from a histogram {tokens
+    committed in a cycle: cycles}, where a cycle commits ``given`` tokens accepted by construction (the verifier's
+    own next token leading every candidate, under ``exact``), then the accepted drafted ones, then the verifier's
+    token; α_i = #(accepted >= i) / #(accepted >= i - 1), up to the longest accepted run. (A cycle cut short by
+    the end of the text counts as a rejection after its last token.)"""
+    accepted = Counter()
+    for committed, cycles in histogram.items():
+        accepted[max(0, int(committed) - 1 - given)] += cycles
+    out, reached = [], sum(accepted.values())
+    for i in range(1, max(accepted, default=0) + 1):
+        nxt = reached - accepted[i - 1]
+        out.append(nxt / reached if reached else 0.0)
+        reached = nxt
+    return out

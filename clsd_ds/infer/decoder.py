@@ -146,6 +146,14 @@ class SpeculativeDecoder:
         self.embedding = lm.get_input_embeddings().weight if embedding is None else embedding
         self.generator = torch.Generator(device=self.embedding.device).manual_seed(cfg.seed)
 
+    @property
+    def given(self) -> int:
+        """Leading tokens of every candidate accepted by construction: under ``exact``, the verifier's own next token
+        where it leads the candidates (an anchored DiT, the verifier reading, the AR drafter's chains)."""
+        if self.cfg.acceptance != "exact":
+            return 0
+        return 1 if self.reading is None else int(self.drafter.flow.anchor or self.reading == "verifier")
+
     def _pass(self, embeds: torch.Tensor, states: LayerStates, length: int) -> torch.Tensor:
         """Final-norm hidden of ``embeds`` [B, T, d] right after a committed text of ``length`` tokens in ``states``."""
         B = embeds.shape[0]

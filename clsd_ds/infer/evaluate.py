@@ -2,9 +2,11 @@
 
 Per prompt, the same ``max_new_tokens`` are decoded twice: by the ``SpeculativeDecoder`` and by the autoregressive
 baseline (``autoregressive.py``: a static cache, CUDA-graph steps on a GPU; or HF's cached ``generate``).
-Reported: τ (tokens committed per cycle) with its histogram, tokens per verifier call, the time split of a cycle
-(draft / verify / advance), tokens/s of both and the speedup. In ``exact`` mode every output is also checked to be
-greedy by definition: one forward over [prompt | output] must give each output token as the argmax before it.
+Reported: τ (tokens committed per cycle) with its histogram, α_i = P(drafted token i accepted | those before it
+accepted) (``acceptance.conditional_acceptance``; tokens accepted by construction excluded), tokens per verifier
+call, the time split of a cycle (draft / verify / advance), tokens/s of both and the speedup. In ``exact`` mode
+every output is also checked to be greedy by definition: one forward over [prompt | output] must give each output
+token as the argmax before it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..data.reader import eval_batches
 from ..graft import load_drafter
 from ..verifier import Verifier, VerifierConfig
 from ..ar_drafter import AR_CONFIG, load_ar
+from .acceptance import conditional_acceptance
 from .ar_decoder import ARSpeculativeDecoder
 from .autoregressive import Autoregressive, Baseline, sync
 from .decoder import DecodeConfig, DecodeStats, SpeculativeDecoder
@@ -88,6 +91,7 @@ def run_eval(decoder: SpeculativeDecoder, prompts: list[list[int]],
     cycles = max(len(total.accepted), 1)
     result = {"decode": asdict(cfg), "block_len": decoder.K, "prompts": len(prompts), **total.summary(),
               "tau_histogram": dict(sorted(Counter(total.accepted).items())),
+              "alpha": conditional_acceptance(Counter(total.accepted), decoder.given), "given_tokens": decoder.given,
               "cycle_ms": {k: 1000 * sum(getattr(total, k)) / cycles for k in ("draft_s", "verify_s", "advance_s")},
               "spec_tok_s": tokens / spec_s, "per_prompt": per_prompt}
     if cfg.acceptance == "exact":
