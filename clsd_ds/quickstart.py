@@ -5,12 +5,17 @@ Stages (each skipped when its output is already in the run directory, so a rerun
     tokenizer   a byte-level BPE trained on them (data/tokenizer.py)
     tokens      prepare-data: token shards, train + val
     verifier    pretrain a tiny Qwen3.5 verifier on them (stage lm), exported as a HF checkpoint
-    shards      prepare-data again, now with C precomputed by that verifier
-    stage_a     Stage A of the DiT grafted from the verifier
-    stage_c     Stage C from the Stage A result: CE through the frozen verifier from its prefix state
-    decode_*    speculative decoding of held-out prompts with the Stage A and the Stage C drafter (infer/):
-                τ, the cycle's time split, the speedup over the verifier's own cached greedy decoding, and a
-                check that the output is the verifier's greedy text
+    distilled   distill: the first training shards (and the val split) with each block replaced by the verifier's
+                greedy continuation of its prefix: the drafters' targets
+    clsd        the CLSD drafter of the measured recipe (docs/inference.md, "Which drafter?"): a DiT grafted from
+                the verifier with prefix-state conditioning, the anchor token, the tokens objective and one Euler
+                step trained at its own t, Stage A on the distilled shards
+    ar          the EAGLE-style AR drafter (stage ar) on the same shards, for as many drafter training FLOPs
+    decode_*    speculative decoding of held-out prompts with each drafter (infer/): τ, α_i (the conditional
+                acceptance of each drafted position), the cycle's time split, the speedup over the verifier's own
+                cached greedy decoding, and a check that the output is the verifier's greedy text
+The seed's Stage A -> Stage C pipeline (velocity flow, CE through the verifier) is not part of it: measured here it
+drafts nothing the verifier keeps (τ 1.0; bench/results); it stays available (configs/stage_c_9b.yaml) and tested.
 """
 
 from __future__ import annotations
@@ -20,23 +25,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .ar_drafter import ARDrafterConfig, ar_graft
 from .config import to_dict
 from .data.corpus import write_corpus
+from .data.distill import DistillConfig, distill
 from .data.format import MANIFEST
 from .data.reader import DataConfig
 from .data.tokenizer import train_tokenizer
 from .data.writer import PrepareConfig, prepare_data
 from .dit import DiTConfig
-from .export import EXPORT_WEIGHTS
 from .flow import FlowConfig
+from .graft import graft
 from .infer.decoder import DecodeConfig
 from .infer.evaluate import EvalConfig, evaluate
 from .train.loop import LogConfig, OptimConfig, TrainConfig
 from .train.preemption import EXIT_REQUEUE
 from .train.run import RunConfig, run
-from .train.stage_c import StageCConfig
 from .tiny import MINI
-from .verifier import VerifierConfig, load_tokenizer
+from .verifier import Verifier, VerifierConfig, load_tokenizer
 
 
 @dataclass
@@ -45,25 +51,36 @@ class QuickstartConfig:
     seed: int = 0
     documents: int = 1000
     vocab_size: int = 512
-    block_len: int = 32
+    block_len: int = 16
     prefix_len: int = 96
     verifier: dict = field(default_factory=lambda: dict(MINI))
     verifier_steps: int = 100
     verifier_batch: int = 16
     verifier_lr: float = 3e-3
+    distill_shards: int = 4  # training shards (1,000 samples each) distilled
     dit_layers: int = 4
-    stage_a_steps: int = 200
-    stage_a_batch: int = 32
-    stage_a_lr: float = 1e-3
-    stage_c_steps: int = 60
-    stage_c_batch: int = 8
-    stage_c_lr: float = 1e-3
-    decode_prompts: int = 4  # held-out prompts decoded speculatively at the end, with each drafter
+    clsd_steps: int = 200
+    drafter_batch: int = 16
+    drafter_lr: float = 1e-3
+    decode_prompts: int = 8  # held-out prompts decoded speculatively at the end, with each drafter
     decode_tokens: int = 32
-    decode_candidates: int = 16
+    decode_candidates: int = 1
     num_workers: int = 1
     ds_config: str = "ds_configs/cpu_zero1.json"  # one process: ZeRO-3 would partition over a world of one
     progress: bool = True
+
+
+# The CLSD drafter's flow: the anchor clean at block position 0, logits through the verifier's head trained with CE,
+# one Euler step trained at its own t = 0, DFlash's position decay (flow.py; measured in bench/drafter_levers.py).
+RECIPE = FlowConfig(anchor=True, objective="tokens", euler_steps=1, t_sampling="euler_grid", position_decay=7.0)
+
+
+def matched_ar_steps(verifier: Verifier, dit: DiTConfig, dit_steps: int, prefix_len: int) -> int:
+    """AR drafter steps for the DiT's drafter training FLOPs, 6 per parameter and trained position (the same
+    batch): the DiT trains on the block's K tokens, the AR drafter on all P + K positions of a sample."""
+    dit_params = sum(p.numel() for p in graft(verifier, dit).parameters())
+    ar_params = sum(p.numel() for p in ar_graft(verifier, ARDrafterConfig()).parameters())
+    return -(-dit_params * dit.block_len * dit_steps // (ar_params * (prefix_len + dit.block_len)))
 
 
 def _train(cfg: QuickstartConfig, run_dir: Path, **sections) -> dict:
@@ -120,34 +137,30 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         train=TrainConfig(steps=cfg.verifier_steps, batch_size=cfg.verifier_batch, ds_config=cfg.ds_config,
                           log_every=25, save_every=cfg.verifier_steps, keep_last=1, eval_batches=4), **common))
 
-    cond = root / "shards"
-    stage("shards", (cond / "val" / MANIFEST).is_file(), lambda: shards(
-        cond, cond=True, cond_dtype="float32", verifier=VerifierConfig(path=str(verifier_dir))))
+    verifier = VerifierConfig(path=str(verifier_dir))
+    distilled = root / "distilled"
+    stage("distilled", (distilled / "val" / MANIFEST).is_file(), lambda: {split: distill(DistillConfig(
+        input=str(tokens / split), out=str(distilled / split), verifier=verifier,
+        max_shards=cfg.distill_shards if split == "train" else 0)) for split in ("train", "val")})
 
-    stage_a = root / "stage_a"
-    common["data"] = DataConfig(train=str(cond / "train"), val=str(cond / "val"), num_workers=cfg.num_workers,
-                                seed=cfg.seed)
-    stage("stage_a", (stage_a / "export" / EXPORT_WEIGHTS).is_file(), lambda: _train(
-        cfg, stage_a, stage="a", verifier=VerifierConfig(path=str(verifier_dir)),
-        dit=DiTConfig(num_layers=cfg.dit_layers, block_len=cfg.block_len), flow=FlowConfig(),
-        optim=OptimConfig(lr=cfg.stage_a_lr, warmup_steps=cfg.stage_a_steps // 10),
-        train=TrainConfig(steps=cfg.stage_a_steps, batch_size=cfg.stage_a_batch, ds_config=cfg.ds_config,
-                          log_every=25, save_every=cfg.stage_a_steps, keep_last=1, eval_batches=4), **common))
+    common["data"] = DataConfig(train=str(distilled / "train"), val=str(distilled / "val"),
+                                num_workers=cfg.num_workers, seed=cfg.seed)
+    dit = DiTConfig(num_layers=cfg.dit_layers, block_len=cfg.block_len, prefix_state=True)
+    ar_steps = matched_ar_steps(Verifier.load(verifier), dit, cfg.clsd_steps, cfg.prefix_len)
+    for name, steps, sections in (("clsd", cfg.clsd_steps, dict(stage="a", dit=dit, flow=RECIPE)),
+                                  ("ar", ar_steps, dict(stage="ar", ar=ARDrafterConfig(block_len=cfg.block_len)))):
+        stage(name, (root / name / "export").is_dir(), lambda name=name, steps=steps, sections=sections: _train(
+            cfg, root / name, verifier=verifier, optim=OptimConfig(lr=cfg.drafter_lr, warmup_steps=steps // 10),
+            train=TrainConfig(steps=steps, batch_size=cfg.drafter_batch, ds_config=cfg.ds_config,
+                              log_every=max(1, steps // 4), save_every=steps, keep_last=1, eval_batches=4),
+            **sections, **common))
 
-    stage_c = root / "stage_c"
-    stage("stage_c", (stage_c / "export" / EXPORT_WEIGHTS).is_file(), lambda: _train(
-        cfg, stage_c, stage="c", init_from=str(stage_a), verifier=VerifierConfig(path=str(verifier_dir)),
-        stage_c=StageCConfig(beta_steps=cfg.stage_c_steps), flow=FlowConfig(),
-        optim=OptimConfig(lr=cfg.stage_c_lr, warmup_steps=cfg.stage_c_steps // 10),
-        train=TrainConfig(steps=cfg.stage_c_steps, batch_size=cfg.stage_c_batch, ds_config=cfg.ds_config,
-                          log_every=10, save_every=cfg.stage_c_steps, keep_last=1, eval_batches=4), **common))
-
-    for drafter in ("stage_a", "stage_c"):
+    for drafter in ("clsd", "ar"):
         out = root / f"decode_{drafter}"
         stage(f"decode_{drafter}", (out / "eval.json").is_file(), lambda drafter=drafter, out=out: {
             k: v for k, v in evaluate(EvalConfig(
-                verifier=VerifierConfig(path=str(verifier_dir)), drafter=str(root / drafter),
-                prompts=str(tokens / "val"), num_prompts=cfg.decode_prompts, out=str(out), device="cpu",
+                verifier=verifier, drafter=str(root / drafter), prompts=str(tokens / "val"),
+                num_prompts=cfg.decode_prompts, out=str(out), device="cpu",
                 decode=DecodeConfig(num_candidates=cfg.decode_candidates, max_new_tokens=cfg.decode_tokens,
                                     seed=cfg.seed))).items() if k != "per_prompt"})
 
@@ -160,33 +173,30 @@ def quickstart(cfg: QuickstartConfig) -> dict:
 
 def summarize(report: dict) -> str:
     lines = [f"[quickstart] done in {report['seconds']} s; everything is under {report['run_dir']}"]
-    for name in ("tokens", "shards"):
-        if name in report and "train" in report[name]:
-            r = report[name]["train"]
-            lines.append(f"  {name:9s} {r['samples']} train samples, {r['bytes_per_sample']} bytes/sample")
-    for name, what, key in (("verifier", "next-token CE", "loss"), ("stage_a", "velocity MSE", "loss"),
-                            ("stage_c", "CE of the verifier reading the drafts", "ce")):
+    if "tokens" in report and "train" in report["tokens"]:
+        r = report["tokens"]["train"]
+        lines.append(f"  tokens    {r['samples']} train samples, {r['bytes_per_sample']} bytes/sample")
+    if "distilled" in report:
+        lines.append(f"  distilled {report['distilled']['train']['samples']} train blocks: the verifier's greedy "
+                     "continuations of their prefixes")
+    for name, what in (("verifier", "next-token CE"), ("clsd", "CE of the drafted tokens"),
+                       ("ar", "feature + token loss")):
         r = report.get(name)
         if not r or "eval_end" not in r:
             continue
         last = r.get("last", {})
-        lines.append(f"  {name:9s} held-out {what} {r['eval_start'][key]:.4f} -> {r['eval_end'][key]:.4f}"
-                     f"; {last.get('tok_s', 0):.0f} tok/s, {last.get('step_s', 0):.3f} s/step"
-                     f"; export: {r['export']}")
-        if name == "stage_c":
-            lines.append("            verifier's token accuracy on the drafts "
-                         f"{r['eval_start']['verifier_acc']:.3f} -> "
-                         f"{r['eval_end']['verifier_acc']:.3f}; nearest-embedding accuracy of the drafts "
-                         f"{r['eval_start']['nearest_acc']:.3f} -> {r['eval_end']['nearest_acc']:.3f}")
-    for drafter in ("stage_a", "stage_c"):
+        lines.append(f"  {name:9s} {r['end_step']} steps; held-out {what} {r['eval_start']['loss']:.4f} -> "
+                     f"{r['eval_end']['loss']:.4f}; {last.get('step_s', 0):.3f} s/step; export: {r['export']}")
+    for drafter, label in (("clsd", "CLSD"), ("ar", "AR")):
         r = report.get(f"decode_{drafter}")
         if not r:
             continue
-        lines.append(f"  decode with the {drafter} drafter: {r['prompts']} held-out prompts, "
-                     f"{r['decode']['num_candidates']} candidates x {r['block_len']} tokens: tau {r['tau']:.2f} "
-                     f"tokens/cycle {r['tau_histogram']}; {r['spec_tok_s']:.1f} tok/s vs "
-                     f"{r['baseline_tok_s']:.1f} autoregressive = {r['speedup']:.2f}x; "
-                     f"outputs equal to greedy decoding: {r['greedy_outputs']}")
+        alpha = " ".join(f"{a:.2f}" for a in r["alpha"][:4]) or "-"
+        lines.append(f"  decode with the {label} drafter: {r['prompts']} held-out prompts, "
+                     f"{r['decode']['num_candidates']} candidate(s) x {r['block_len']} tokens: tau {r['tau']:.2f} "
+                     f"tokens/cycle, alpha_1..4 {alpha} (after the verifier's own token); "
+                     f"{r['spec_tok_s']:.1f} tok/s vs {r['baseline_tok_s']:.1f} autoregressive = "
+                     f"{r['speedup']:.2f}x; outputs equal to greedy decoding: {r['greedy_outputs']}")
         ms = r["cycle_ms"]
         lines.append(f"            one cycle: draft {ms['draft_s']:.0f} ms, verify {ms['verify_s']:.0f} ms, advance "
                      f"{ms['advance_s']:.0f} ms ({r['device']})")

@@ -12,21 +12,25 @@ from conftest import REPO
 
 from clsd_ds.config import ConfigError, load_config
 from clsd_ds.data.writer import PrepareConfig
+from clsd_ds.data.distill import DistillConfig
 from clsd_ds.shipped import PACKAGE
 from clsd_ds.train.ds_config import build_ds_config, read_ds_config
 from clsd_ds.train.loop import OptimConfig
 from clsd_ds.train.run import RunConfig
 
 
-@pytest.mark.parametrize("name", ["stage_a_9b.yaml", "stage_c_9b.yaml", "prepare_numina.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (PACKAGE / "configs").glob("*.yaml")))
 def test_configs_load(name):
-    cls = PrepareConfig if name.startswith("prepare") else RunConfig
+    cls = {"prepare": PrepareConfig, "distill": DistillConfig}.get(name.split("_")[0], RunConfig)
     cfg = load_config(cls, f"configs/{name}")  # the shipped name, from any directory
+    cfg.validate()
     if name == "stage_a_9b.yaml":
         assert cfg.dit.num_layers == 12 and cfg.dit.block_len == 128 and cfg.train.batch_size == 32
         assert cfg.optim.lr == 1e-4
     if name == "stage_c_9b.yaml":
         assert cfg.stage == "c" and cfg.init_from and cfg.stage_c.beta_start == 0.1
+    if name == "stage_a_recipe_9b.yaml":
+        assert cfg.dit.prefix_state and cfg.flow.anchor and cfg.flow.objective == "tokens" and cfg.flow.euler_steps == 1
 
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "ds_configs").glob("*.json")), ids=lambda p: p.name)
