@@ -2,10 +2,12 @@
 
     python bench/decode.py [--run runs/quickstart] [--prompts 4] [--candidates 16] [--tokens 32] [--out FILE]
 
-For the Stage A and the Stage C drafter of a finished quickstart, ``eval`` (exact mode) with ``decode.reading``
-``nearest`` and ``verifier``; the Stage A drafter under the lossy ``guillotine`` rule at three thresholds (how many
-leading tokens stay the verifier's greedy text); then both autoregressive baselines on the same prompts: the
-static-cache loop (what ``eval`` compares against by default) and HF's cached ``generate``.
+For the CLSD and the AR drafter of a finished quickstart, ``eval`` (exact mode), the CLSD drafter also with
+``decode.reading: verifier`` and with lattice candidates; the CLSD drafter under the lossy ``guillotine`` rule at
+three thresholds (how many leading tokens stay the verifier's greedy text); then both autoregressive baselines on
+the same prompts: the static-cache loop (what ``eval`` compares against by default) and HF's cached ``generate``.
+(Before 2026-12-02 the quickstart trained the seed's Stage A and Stage C drafters, which this script decoded with
+the ``nearest`` and ``verifier`` readings: bench/results/cpu-2026-11-23-decode_quickstart.json.)
 """
 
 from __future__ import annotations
@@ -50,21 +52,25 @@ def main() -> None:
     root = Path(args.run)
     verifier_dir, prompts_dir = root / "verifier" / "export", root / "shards_tokens" / "val"
     runs = {}
-    for drafter in ("stage_a", "stage_c"):
-        for reading in ("nearest", "verifier"):
-            result = evaluate(EvalConfig(
-                verifier=VerifierConfig(path=str(verifier_dir)), drafter=str(root / drafter), prompts=str(prompts_dir),
-                num_prompts=args.prompts, out=f"/tmp/bench_decode/{drafter}_{reading}", device="cpu",
-                decode=DecodeConfig(num_candidates=args.candidates, max_new_tokens=args.tokens, reading=reading)))
-            runs[f"{drafter}_{reading}"] = {k: v for k, v in result.items() if k != "per_prompt"}
-            print(drafter, reading, f"tau {result['tau']:.2f}", f"speedup {result['speedup']:.3f}", flush=True)
+    cells = [("clsd", "auto", "noise", 1), ("clsd", "auto", "noise", args.candidates),
+             ("clsd", "auto", "lattice", args.candidates), ("clsd", "verifier", "noise", args.candidates),
+             ("ar", "auto", "noise", 1), ("ar", "auto", "noise", args.candidates)]
+    for drafter, reading, candidates, n in cells:
+        name = f"{drafter}_{reading}_{candidates}_n{n}"
+        result = evaluate(EvalConfig(
+            verifier=VerifierConfig(path=str(verifier_dir)), drafter=str(root / drafter), prompts=str(prompts_dir),
+            num_prompts=args.prompts, out=f"/tmp/bench_decode/{name}", device="cpu",
+            decode=DecodeConfig(num_candidates=n, candidates=candidates, max_new_tokens=args.tokens,
+                                reading=reading)))
+        runs[name] = {k: v for k, v in result.items() if k != "per_prompt"}
+        print(name, f"tau {result['tau']:.2f}", f"speedup {result['speedup']:.3f}", flush=True)
     for threshold in (0.05, 0.2, 0.5):  # the lossy rule: how long the outputs stay on the greedy text
         result = evaluate(EvalConfig(
-            verifier=VerifierConfig(path=str(verifier_dir)), drafter=str(root / "stage_a"), prompts=str(prompts_dir),
+            verifier=VerifierConfig(path=str(verifier_dir)), drafter=str(root / "clsd"), prompts=str(prompts_dir),
             num_prompts=args.prompts, out=f"/tmp/bench_decode/guillotine_{threshold}", device="cpu",
             decode=DecodeConfig(num_candidates=args.candidates, max_new_tokens=args.tokens, acceptance="guillotine",
                                 threshold=threshold)))
-        runs[f"stage_a_guillotine_{threshold}"] = {k: v for k, v in result.items() if k != "per_prompt"}
+        runs[f"clsd_guillotine_{threshold}"] = {k: v for k, v in result.items() if k != "per_prompt"}
         print("guillotine", threshold, f"tau {result['tau']:.2f}", f"same as greedy {result['same_as_baseline']}",
               f"agrees for {result['agrees_for_mean']:.1f} tokens", flush=True)
     baselines = time_baselines(verifier_dir, shard_prompts(str(prompts_dir), args.prompts), args.tokens)
