@@ -220,7 +220,8 @@ def main() -> None:
                                         max_new_tokens=plan.tokens, acceptance=rule, temperature=1.0)))
         sections = runs[name].sections  # the verifier's own next token leads (AR, anchor): accepted under exact
         given = r.get("given_tokens", int(rule == "exact" and (sections["stage"] == "ar" or sections["flow"].anchor)))
-        rows.append({"drafter": name, "data": runs[name].data or "corpus", "flops_multiple": runs[name].multiple,
+        data = {"": "corpus", "_dist": "distilled"}[runs[name].data]
+        rows.append({"drafter": name, "data": data, "flops_multiple": runs[name].multiple,
                      "rule": rule, "K": s.block_len, "N": n, "candidates": candidates, "tau": r["tau"],
                      "alpha": conditional_acceptance(r["tau_histogram"], given), "tau_histogram": r["tau_histogram"],
                      "tokens_per_verifier_call": r["tokens_per_verifier_call"],
@@ -259,7 +260,8 @@ def table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Left: τ during training against drafter FLOPs; right: α_i of every drafter, exact rule, N 1."""
+    """Left: τ during training against drafter FLOPs; right: α_1..α_8 of the drafters beyond the ablation, exact
+    rule, N 1."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,9 +274,9 @@ def plot(report: dict, path: Path) -> None:
     left.set_ylabel("τ (N 1, exact, training evaluation)")
     left.legend(fontsize=8)
     for r in report["rows"]:
-        if r["rule"] == "exact" and r["N"] == 1 and r["alpha"]:
-            right.plot(range(1, len(r["alpha"]) + 1), r["alpha"], marker=".",
-                       label=f"{r['drafter']} (τ {r['tau']:.2f})")
+        if r["rule"] == "exact" and r["N"] == 1 and r["alpha"] and not r["drafter"].startswith("abl_"):
+            alpha = r["alpha"][:8]
+            right.plot(range(1, len(alpha) + 1), alpha, marker="o", label=f"{r['drafter']} (τ {r['tau']:.2f})")
     right.set_xlabel("drafted position i")
     right.set_ylabel("α_i = P(i accepted | < i accepted)")
     right.set_ylim(0, 1.05)
