@@ -57,10 +57,11 @@ from clsd_ds.graft import graft
 from clsd_ds.infer.acceptance import conditional_acceptance
 from clsd_ds.infer.decoder import DecodeConfig
 from clsd_ds.infer.evaluate import EvalConfig, evaluate
+from clsd_ds.quickstart import RECIPE, matched_ar_steps
 from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-LEVERS = FlowConfig(anchor=True, objective="tokens", euler_steps=1, t_sampling="euler_grid", position_decay=7.0)
+LEVERS = RECIPE  # the quickstart's CLSD flow: anchor, tokens objective, one step at t = 0, position decay
 TWO_STEP = replace(LEVERS, euler_steps=2, train_inputs="sampler")
 
 
@@ -138,8 +139,8 @@ def budget(plan: Plan, lm: Verifier, runs: dict[str, Drafter]) -> dict:
     ar_params = sum(p.numel() for p in ar_graft(lm, ARDrafterConfig()).parameters())
     flops = 6 * base * s.batch * s.block_len * (s.stage_a_steps + 2 * s.stage_c_steps)
     dit_steps = s.stage_a_steps + 2 * s.stage_c_steps
-    ar_step = 6 * ar_params * s.batch * (s.prefix_len + s.block_len)
-    ar_steps = -(-flops // ar_step)
+    ar_steps = matched_ar_steps(lm, DiTConfig(num_layers=s.dit_layers, block_len=s.block_len), dit_steps,
+                                s.prefix_len)
     out = {"drafter_flops": flops, "dit_params": base, "dit_steps": dit_steps, "ar_params": ar_params,
            "ar_steps": ar_steps, "runs": {}}
     for name, d in runs.items():

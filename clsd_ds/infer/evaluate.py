@@ -89,9 +89,10 @@ def run_eval(decoder: SpeculativeDecoder, prompts: list[list[int]],
         per_prompt.append(record)
     tokens = sum(total.accepted)
     cycles = max(len(total.accepted), 1)
+    histogram = dict(sorted(Counter(total.accepted).items()))
     result = {"decode": asdict(cfg), "block_len": decoder.K, "prompts": len(prompts), **total.summary(),
-              "tau_histogram": dict(sorted(Counter(total.accepted).items())),
-              "alpha": conditional_acceptance(Counter(total.accepted), decoder.given), "given_tokens": decoder.given,
+              "tau_histogram": histogram, "alpha": conditional_acceptance(histogram, decoder.given),
+              "given_tokens": decoder.given,
               "cycle_ms": {k: 1000 * sum(getattr(total, k)) / cycles for k in ("draft_s", "verify_s", "advance_s")},
               "spec_tok_s": tokens / spec_s, "per_prompt": per_prompt}
     if cfg.acceptance == "exact":

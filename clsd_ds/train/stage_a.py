@@ -110,17 +110,18 @@ class StageATask:
         else:
             times = [sample_t(flow, B, generator, device=x1.device)]
         weights = position_weights(flow, x1.shape[1], x1.device)
+        readout = self.readout() if flow.objective == "tokens" else None
         x, losses, metrics = interpolate(x0, x1, times[0]), [], {}
         for i, t in enumerate(times):
             out = model(pin_anchor(x, anchor), t, *context)
             if flow.objective == "velocity":
                 per_position = (out.float() - velocity_target(x0, x1)).pow(2).mean(-1)
             else:
-                logits = self.readout().head(out).float()
+                logits = readout.head(out).float()
                 per_position = F.cross_entropy(logits.flatten(0, 1), batch["block"].flatten(),
                                                reduction="none").view(B, -1)
                 if i + 1 < len(times):  # the sampler's next input, from this step's estimate
-                    x = (x + towards(self.readout().clean_estimate(logits), x, t) / len(times)).detach()
+                    x = (x + towards(readout.clean_estimate(logits), x, t) / len(times)).detach()
             losses.append((per_position * weights).mean(1))
         if flow.objective == "tokens":  # of the last step's logits: what decoding reads
             correct = (logits.argmax(-1) == batch["block"]).float()
