@@ -55,3 +55,23 @@ def test_sampled_continuations_are_seeded(shards, verifier_dir, tmp_path):
     sampled, original = _samples(tmp_path / "a", name), _samples(shards / "train", name)
     assert Manifest.read(tmp_path / "a").samples == Manifest.read(shards / "train").shards[0].samples
     assert any(not torch.equal(s["block"], o["block"]) for s, o in zip(sampled, original))
+
+
+def test_many_anchors_per_rollout_are_each_the_greedy_continuation_of_their_prefix(shards, verifier_dir, tmp_path):
+    out, anchors, stride = tmp_path / "anchors", 3, 2
+    run_cli(["distill", f"input={shards / 'train'}", f"out={out}", f"verifier.path={verifier_dir}", "max_shards=1",
+             f"anchors={anchors}", f"anchor_stride={stride}"], nproc=1)
+    source, made = Manifest.read(shards / "train"), Manifest.read(out)
+    K, name = source.block_len, source.shards[0].name
+    assert made.samples == anchors * source.shards[0].samples and made.shards[0].samples == made.samples
+    assert made.prefix_len == source.prefix_len + (anchors - 1) * stride
+    original, distilled = _samples(shards / "train", name), _samples(out, name)
+    assert [s["__key__"] for s in distilled] == [f"{s['__key__']}_a{j}" for s in original for j in range(anchors)]
+    lm = Verifier.load(VerifierConfig(path=str(verifier_dir))).lm
+    for i, sample in enumerate(original[:3]):
+        rollout = greedy(lm, sample["prefix"].tolist(), K + (anchors - 1) * stride)
+        for j in range(anchors):
+            made_j = distilled[i * anchors + j]
+            assert made_j["prefix"].tolist() == sample["prefix"].tolist() + rollout[: j * stride]
+            assert made_j["block"].tolist() == rollout[j * stride: j * stride + K]
+            assert made_j["block"].tolist() == greedy(lm, made_j["prefix"].tolist(), K)  # its own prefix's

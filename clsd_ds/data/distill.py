@@ -11,6 +11,15 @@ becomes the verifier's continuation of it, K = the shards' block_len tokens:
 for a batch of prefixes at once, from the verifier's state after them (left-aligned prefixes, one pass per new
 token: ``verifier_state``). A stored C is kept (it depends on the prefix only); stored block embeddings are dropped.
 
+Many anchors per rollout (``anchors`` A, ``anchor_stride`` s): one continuation r of K + (A - 1)·s tokens gives A
+samples, j = 0..A-1,
+
+    prefix_j = prefix + r[:j·s]      block_j = r[j·s : j·s + K]      (keys <key>_a<j>)
+
+each again the verifier's continuation of its own prefix (greedy: the argmax path from prefix_j is r[j·s:]; sample:
+r[j·s:] is a draw from the verifier given prefix_j), for one rollout instead of A. A stored C belongs to the
+original prefix only, so anchors > 1 drops it (a prefix-state or online-C drafter recomputes it).
+
 Data-parallel under any launcher (the trainer's process-group set-up; one process without one): rank r of W
 distills input shards r, r + W, ... into output shards of the same names. Each is written under a temporary name
 and renamed when complete, so a rerun (after a preemption) skips the shards already there and produces the same
@@ -45,6 +54,8 @@ class DistillConfig:
     seed: int = 0  # sample
     max_shards: int = 0  # the first N input shards only; 0: all
     batch_size: int = 64  # prefixes per verifier pass
+    anchors: int = 1  # samples per prefix from one longer continuation (the module docstring)
+    anchor_stride: int = 1  # tokens between consecutive anchors of one continuation
 
     def validate(self) -> None:
         if not self.input or not self.out:
@@ -53,6 +64,9 @@ class DistillConfig:
             raise ConfigError(f"field 'temperature': expected a positive number, got {self.temperature}")
         if self.batch_size < 1 or self.max_shards < 0:
             raise ConfigError("fields 'batch_size' (>= 1) and 'max_shards' (>= 0, 0: all)")
+        if self.anchors < 1 or self.anchor_stride < 1:
+            raise ConfigError(f"fields 'anchors' and 'anchor_stride': expected positive integers, got "
+                              f"{self.anchors} and {self.anchor_stride}")
 
 
 @torch.no_grad()
@@ -102,9 +116,11 @@ def distill(cfg: DistillConfig, log=print) -> dict:
         dist.barrier()
     summary = {"shards": len(shards), "written_by_rank0": done, "skipped_by_rank0": skipped, "out": str(out)}
     if d.is_main:
-        infos = [ShardInfo(s.name, s.samples, (out / s.name).stat().st_size) for s in shards]
-        fields = [f for f in source.fields if f != "emb"] + ([] if "block" in source.fields else ["block"])
-        manifest = Manifest(block_len=source.block_len, prefix_len=source.prefix_len, fields=fields,
+        infos = [ShardInfo(s.name, s.samples * cfg.anchors, (out / s.name).stat().st_size) for s in shards]
+        dropped = {"emb"} | ({"cond"} if cfg.anchors > 1 else set())
+        fields = [f for f in source.fields if f not in dropped] + ([] if "block" in source.fields else ["block"])
+        manifest = Manifest(block_len=source.block_len, prefix_len=source.prefix_len + (cfg.anchors - 1) *
+                            cfg.anchor_stride, fields=fields,
                             vocab_size=source.vocab_size, hidden_size=source.hidden_size if "cond" in fields else None,
                             tokenizer=source.tokenizer, cond_source=source.cond_source, shards=infos)
         (out / "distill.json").write_text(json.dumps({**asdict(cfg), "samples": manifest.samples}, indent=1))
@@ -119,21 +135,24 @@ def _distill_shard(cfg: DistillConfig, lm, path: Path, target: Path, source: Man
     if len(samples) != source.shards[index].samples:
         raise ConfigError(f"{path}: {len(samples)} samples, the manifest says {source.shards[index].samples}")
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + index)
-    dtype = token_dtype(source.vocab_size)
+    dtype, K, stride = token_dtype(source.vocab_size), source.block_len, cfg.anchor_stride
     tmp = target.with_name(target.name + ".tmp")
     with wds.TarWriter(str(tmp), encoder=False, compress=target.name.endswith(".gz"), mtime=0) as writer:
         for start in range(0, len(samples), cfg.batch_size):
             chunk = samples[start: start + cfg.batch_size]
             batch = collate(chunk)
-            blocks = continuations(lm, batch["prefix"].to(device), batch["prefix_len"], source.block_len, cfg.mode,
-                                   cfg.temperature, generator).cpu()
-            for sample, block in zip(chunk, blocks):
-                arrays = {"prefix": sample["prefix"].numpy().astype(dtype), "block": block.numpy().astype(dtype)}
-                if "cond" in sample:
-                    arrays["cond"] = sample["cond"]
-                record = {"__key__": sample["__key__"]}
-                for name, array in arrays.items():
-                    suffix, data = encode_array(name, array)
-                    record[suffix] = data
-                writer.write(record)
+            rollouts = continuations(lm, batch["prefix"].to(device), batch["prefix_len"],
+                                     K + (cfg.anchors - 1) * stride, cfg.mode, cfg.temperature, generator).cpu()
+            for sample, rollout in zip(chunk, rollouts):
+                for j in range(cfg.anchors):
+                    prefix = torch.cat([sample["prefix"], rollout[: j * stride]])
+                    arrays = {"prefix": prefix.numpy().astype(dtype),
+                              "block": rollout[j * stride: j * stride + K].numpy().astype(dtype)}
+                    if "cond" in sample and cfg.anchors == 1:
+                        arrays["cond"] = sample["cond"]
+                    record = {"__key__": sample["__key__"] + (f"_a{j}" if cfg.anchors > 1 else "")}
+                    for name, array in arrays.items():
+                        suffix, data = encode_array(name, array)
+                        record[suffix] = data
+                    writer.write(record)
     tmp.replace(target)
