@@ -12,6 +12,10 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
                  trained at its own t (flow.t_sampling euler_grid: t = 0), flow.position_decay; Stage A only, for
                  the same FLOPs [the distilled DiT for ``long`` x as many]
     ar_dist_<long>x      the AR drafter on the distilled shards for ``long`` x the FLOPs
+    clsd_many, ar_many_<long>x   both at ``long`` x the FLOPs on ``distilled_many``: the same prefixes distilled with
+                         many anchors per rollout (distill anchors A, anchor_stride s: A blocks per prefix, each the
+                         verifier's continuation of the prefix and the rollout's first j·s tokens): A x the distinct
+                         blocks for one rollout of K + (A - 1)·s tokens per prefix. Is the DiT short of data?
     clsd_dist_l2         the distilled lever DiT with 2 layers instead of 4 (more steps for the same FLOPs)
     clsd_dist_attn       the DFlash-like configuration: a 2-layer lever DiT grafted from the verifier's last two
                          attention layers, each attending to its source layer's prefix keys/values (DFlash injects
@@ -69,6 +73,8 @@ TWO_STEP = replace(LEVERS, euler_steps=2, train_inputs="sampler")
 class Plan:
     sizes: Sizes
     distill_shards: int = 4  # input shards distilled (2,000 samples each)
+    anchors: int = 5  # distilled_many: blocks per prefix, from one rollout
+    anchor_stride: int = 4
     long: int = 4  # the long runs train for long x the seed's drafter FLOPs
     curve_every: int = 250
     ns: tuple = (1, 4)
@@ -78,13 +84,13 @@ class Plan:
 
 
 FULL = Plan(Sizes(block_len=16, long_block=16, ks=(16,)))
-TINY = Plan(replace(TINY_SIZES, long_block=8, ks=(8,)), distill_shards=1, long=2, curve_every=10, ns=(1, 2),
-            prompts=2, tokens=12)
+TINY = Plan(replace(TINY_SIZES, long_block=8, ks=(8,)), distill_shards=1, anchors=2, anchor_stride=2, long=2,
+            curve_every=10, ns=(1, 2), prompts=2, tokens=12)
 
 
 @dataclass
 class Drafter:
-    data: str  # "" the corpus, "_dist" the distilled shards
+    data: str  # "" the corpus, "_dist" the distilled shards, "_many" those with many anchors per rollout
     multiple: int  # x the seed's drafter FLOPs
     sections: dict  # the run's stage, drafter and flow sections
     curve: bool = False  # τ logged during training
@@ -104,6 +110,8 @@ def drafters(plan: Plan) -> dict[str, Drafter]:
             "clsd_dist_2step": Drafter("_dist", plan.long, {**lever, "flow": TWO_STEP}, curve=True),
             "clsd_dist_attn": Drafter("_dist", plan.long, {**lever, "dit": replace(dit, num_layers=len(attn),
                                                                                 layers=attn)}, curve=True),
+            "clsd_many": Drafter("_many", plan.long, lever, curve=True),
+            f"ar_many_{plan.long}x": Drafter("_many", plan.long, ar, curve=True),
             **ablation(plan)}
 
 
@@ -133,7 +141,8 @@ def ablation(plan: Plan) -> dict[str, Drafter]:
 def budget(plan: Plan, lm: Verifier, runs: dict[str, Drafter]) -> dict:
     """Drafter training FLOPs (6 per parameter and trained position: a DiT's block tokens per pass, the AR
     drafter's prefix + block) and each run's steps: the seed's DiT schedule for the 4-layer DiT, the AR drafter's
-    steps for as many FLOPs, other DiTs the 4-layer DiT's steps scaled by parameters x passes per step."""
+    steps for as many FLOPs (on ``_many``, prefixes (A - 1)·s / 2 tokens longer on average), other DiTs the 4-layer
+    DiT's steps scaled by parameters x passes per step."""
     s = plan.sizes
     base = sum(p.numel() for p in graft(lm, DiTConfig(num_layers=s.dit_layers, block_len=s.block_len)).parameters())
     ar_params = sum(p.numel() for p in ar_graft(lm, ARDrafterConfig()).parameters())
@@ -143,9 +152,12 @@ def budget(plan: Plan, lm: Verifier, runs: dict[str, Drafter]) -> dict:
                                 s.prefix_len)
     out = {"drafter_flops": flops, "dit_params": base, "dit_steps": dit_steps, "ar_params": ar_params,
            "ar_steps": ar_steps, "runs": {}}
+    many = matched_ar_steps(lm, DiTConfig(num_layers=s.dit_layers, block_len=s.block_len), dit_steps,
+                            s.prefix_len + (plan.anchors - 1) * plan.anchor_stride // 2)
     for name, d in runs.items():
         if d.sections["stage"] == "ar":
-            steps, step_flops = ar_steps * d.multiple, flops / ar_steps
+            base_steps = many if d.data == "_many" else ar_steps
+            steps, step_flops = base_steps * d.multiple, flops / base_steps
         else:
             params = sum(p.numel() for p in graft(lm, d.sections["dit"]).parameters())
             passes = d.sections["flow"].euler_steps if d.sections["flow"].train_inputs == "sampler" else 1
@@ -199,7 +211,11 @@ def main() -> None:
     if not (distilled / MANIFEST).is_file():
         distill(DistillConfig(input=corpus.train, out=str(distilled), verifier=verifier,
                               max_shards=plan.distill_shards))
-    data = {"": corpus, "_dist": replace(corpus, train=str(distilled))}
+    many = root / "distilled_many"
+    if not (many / MANIFEST).is_file():
+        distill(DistillConfig(input=corpus.train, out=str(many), verifier=verifier, max_shards=plan.distill_shards,
+                              anchors=plan.anchors, anchor_stride=plan.anchor_stride))
+    data = {"": corpus, "_dist": replace(corpus, train=str(distilled)), "_many": replace(corpus, train=str(many))}
 
     runs = drafters(plan)
     report["budget"] = plan_flops = budget(plan, Verifier.load(verifier), runs)
@@ -221,7 +237,7 @@ def main() -> None:
                                         max_new_tokens=plan.tokens, acceptance=rule, temperature=1.0)))
         sections = runs[name].sections  # the verifier's own next token leads (AR, anchor): accepted under exact
         given = r.get("given_tokens", int(rule == "exact" and (sections["stage"] == "ar" or sections["flow"].anchor)))
-        data = {"": "corpus", "_dist": "distilled"}[runs[name].data]
+        data = {"": "corpus", "_dist": "distilled", "_many": f"distilled, {plan.anchors} anchors"}[runs[name].data]
         rows.append({"drafter": name, "data": data, "flops_multiple": runs[name].multiple,
                      "rule": rule, "K": s.block_len, "N": n, "candidates": candidates, "tau": r["tau"],
                      "alpha": conditional_acceptance(r["tau_histogram"], given), "tau_histogram": r["tau_histogram"],

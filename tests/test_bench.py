@@ -67,7 +67,8 @@ def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "levers.json").read_text())
-    names = {"ar", "ar_dist", "clsd", "clsd_dist", "ar_dist_2x", "clsd_dist_l2", "clsd_dist_attn", "clsd_dist_2step"}
+    names = {"ar", "ar_dist", "clsd", "clsd_dist", "ar_dist_2x", "clsd_dist_l2", "clsd_dist_attn", "clsd_dist_2step",
+             "clsd_many", "ar_many_2x"}
     ablation = {"abl_seed", "abl_prefix", "abl_anchor", "abl_tokens", "abl_one_step", "abl_decay", "abl_decay_adaln"}
     assert {r["drafter"] for r in report["rows"]} == names | ablation
     exact = [r for r in report["rows"] if r["rule"] == "exact"]
@@ -87,4 +88,7 @@ def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
     final = {name: curve[-1]["flops"] for name, curve in report["curves"].items() if name != "clsd"}
     assert max(final.values()) == pytest.approx(min(final.values()), rel=0.1)  # the long runs' FLOPs match
     assert (tmp_path / "run" / "distilled" / "manifest.json").is_file()
+    many = json.loads((tmp_path / "run" / "distilled_many" / "manifest.json").read_text())  # 2 anchors per rollout
+    distilled = json.loads((tmp_path / "run" / "distilled" / "manifest.json").read_text())
+    assert sum(x["samples"] for x in many["shards"]) == 2 * sum(x["samples"] for x in distilled["shards"])
     assert (tmp_path / "out" / "levers.png").stat().st_size > 1000
