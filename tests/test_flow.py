@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from clsd_ds.config import ConfigError
 from clsd_ds.flow import (FlowConfig, Readout, euler_sample, interpolate, loss_by_t_bin, pin_anchor,
-                          position_weights, sample_block, sample_t, velocity_target)
+                          position_weights, sample_block, sample_t, source_noise, velocity_target)
 
 
 def _pair(seed=0):
@@ -65,6 +66,16 @@ def test_loss_by_t_bin():
     sums, counts = loss_by_t_bin(losses, torch.tensor([0.05, 0.3, 0.35, 0.99]), bins=4)
     assert sums.tolist() == [1.0, 5.0, 0.0, 4.0]
     assert counts.tolist() == [1.0, 2.0, 0.0, 1.0]
+
+
+def test_source_noise_is_scaled_standard_noise():
+    draws = {sigma: source_noise(FlowConfig(noise_scale=sigma), (4, 8), torch.Generator().manual_seed(1))
+             for sigma in (0.0, 1.0, 2.5)}
+    torch.testing.assert_close(draws[1.0], torch.randn(4, 8, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(draws[2.5], 2.5 * draws[1.0])
+    assert torch.equal(draws[0.0], torch.zeros(4, 8))
+    with pytest.raises(ConfigError, match="flow.noise_scale"):
+        FlowConfig(noise_scale=-0.5).validate()
 
 
 def test_position_weights():

@@ -169,6 +169,35 @@ def test_lattice_candidates_branch_one_sampling_and_stay_greedy(pair):
         SpeculativeDecoder(lm, base, DecodeConfig(candidates="lattice"))
 
 
+def test_zero_source_noise_is_the_mask_input_and_one_deterministic_draft(pair):
+    """flow.noise_scale 0: the drafted positions' input is exactly zero (the DiT adds its position embeddings: the
+    mask input), so the draft does not depend on the decoder's seed; N noise candidates would be one draft repeated
+    and are refused, the lattice's N are accepted, and exact decoding stays greedy."""
+    lm, base = pair
+    dit = copy.deepcopy(base)
+    dit.flow = FlowConfig(anchor=True, objective="tokens", euler_steps=1, noise_scale=0.0)
+    with torch.no_grad():
+        dit.final.linear.weight.normal_(0, 0.5)
+    seen = []
+    dit.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    ids = prompt(30, seed=7)
+    hidden, states = prefix_pass(lm, lm.get_input_embeddings()(torch.tensor([ids])),
+                                 torch.ones(1, len(ids), dtype=torch.bool), grow=True)
+    drafts = [SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=1, seed=seed)).draft(
+        hidden[:, -1:], states, len(ids), BLOCK) for seed in (0, 1)]
+    assert torch.equal(drafts[0], drafts[1])
+    assert all(torch.equal(x[:, 1:], torch.zeros_like(x[:, 1:])) for x in seen)  # anchor at 0, zeros after it
+    with pytest.raises(ConfigError, match="noise candidates of a drafter trained with flow.noise_scale 0"):
+        SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=4))
+    out, _ = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=4, candidates="lattice",
+                                                      max_new_tokens=16)).generate(ids)
+    assert out == greedy(lm, ids, 16)
+    seen.clear()  # the same drafter with the seed's source: noise at the drafted positions
+    dit.flow = FlowConfig(anchor=True, objective="tokens", euler_steps=1)
+    SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=1)).draft(hidden[:, -1:], states, len(ids), BLOCK)
+    assert seen[0][:, 1:].abs().min() > 0
+
+
 def test_conditional_acceptance_from_the_committed_histogram():
     """α_i = #(accepted drafts >= i) / #(>= i - 1); a cycle commits the given tokens, the accepted drafts and the
     verifier's token. Which tokens are given: the verifier's own leading token, under the exact rule only."""
