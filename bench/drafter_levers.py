@@ -16,6 +16,10 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
                          many anchors per rollout (distill anchors A, anchor_stride s: A blocks per prefix, each the
                          verifier's continuation of the prefix and the rollout's first j·s tokens): A x the distinct
                          blocks for one rollout of K + (A - 1)·s tokens per prefix. Is the DiT short of data?
+    clsd_dense, ar_dense_<long>x the same on ``distilled_dense``: an anchor at every token of the same-length rollout
+    clsd_many_mask       clsd_many with flow.noise_scale 0: the drafted positions' input is the DiT's learned
+                         position embeddings alone (DFlash's mask input) instead of noise; N > 1 from the lattice
+    clsd_many_<converge>x  clsd_many trained for ``converge`` x the FLOPs: τ along training towards convergence
     clsd_dist_l2         the distilled lever DiT with 2 layers instead of 4 (more steps for the same FLOPs)
     clsd_dist_attn       the DFlash-like configuration: a 2-layer lever DiT grafted from the verifier's last two
                          attention layers, each attending to its source layer's prefix keys/values (DFlash injects
@@ -67,15 +71,17 @@ from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 LEVERS = RECIPE  # the quickstart's CLSD flow: anchor, tokens objective, one step at t = 0, position decay
 TWO_STEP = replace(LEVERS, euler_steps=2, train_inputs="sampler")
+MASK = replace(LEVERS, noise_scale=0.0)  # one step from a fixed source: DFlash's mask input
 
 
 @dataclass
 class Plan:
     sizes: Sizes
     distill_shards: int = 4  # input shards distilled (2,000 samples each)
-    anchors: int = 5  # distilled_many: blocks per prefix, from one rollout
-    anchor_stride: int = 4
+    # distilled_<name>: (anchors, anchor_stride): blocks per prefix from one rollout, tokens between them
+    anchor_sets: tuple = (("many", 5, 4), ("dense", 17, 1))
     long: int = 4  # the long runs train for long x the seed's drafter FLOPs
+    converge: int = 8  # clsd_many_<converge>x: towards convergence
     curve_every: int = 250
     ns: tuple = (1, 4)
     rules: tuple = ("exact", "sampling")
@@ -84,13 +90,14 @@ class Plan:
 
 
 FULL = Plan(Sizes(block_len=16, long_block=16, ks=(16,)))
-TINY = Plan(replace(TINY_SIZES, long_block=8, ks=(8,)), distill_shards=1, anchors=2, anchor_stride=2, long=2,
-            curve_every=10, ns=(1, 2), prompts=2, tokens=12)
+TINY = Plan(replace(TINY_SIZES, long_block=8, ks=(8,)), distill_shards=1, long=2,
+            anchor_sets=(("many", 2, 2), ("dense", 3, 1)),
+            converge=3, curve_every=10, ns=(1, 2), prompts=2, tokens=12)
 
 
 @dataclass
 class Drafter:
-    data: str  # "" the corpus, "_dist" the distilled shards, "_many" those with many anchors per rollout
+    data: str  # "" the corpus, "_dist" the distilled shards, "_many" / "_dense" many anchors per rollout
     multiple: int  # x the seed's drafter FLOPs
     sections: dict  # the run's stage, drafter and flow sections
     curve: bool = False  # τ logged during training
@@ -112,6 +119,10 @@ def drafters(plan: Plan) -> dict[str, Drafter]:
                                                                                 layers=attn)}, curve=True),
             "clsd_many": Drafter("_many", plan.long, lever, curve=True),
             f"ar_many_{plan.long}x": Drafter("_many", plan.long, ar, curve=True),
+            "clsd_many_mask": Drafter("_many", plan.long, {**lever, "flow": MASK}, curve=True),
+            f"clsd_many_{plan.converge}x": Drafter("_many", plan.converge, lever, curve=True),
+            "clsd_dense": Drafter("_dense", plan.long, lever, curve=True),
+            f"ar_dense_{plan.long}x": Drafter("_dense", plan.long, ar, curve=True),
             **ablation(plan)}
 
 
@@ -141,8 +152,8 @@ def ablation(plan: Plan) -> dict[str, Drafter]:
 def budget(plan: Plan, lm: Verifier, runs: dict[str, Drafter]) -> dict:
     """Drafter training FLOPs (6 per parameter and trained position: a DiT's block tokens per pass, the AR
     drafter's prefix + block) and each run's steps: the seed's DiT schedule for the 4-layer DiT, the AR drafter's
-    steps for as many FLOPs (on ``_many``, prefixes (A - 1)·s / 2 tokens longer on average), other DiTs the 4-layer
-    DiT's steps scaled by parameters x passes per step."""
+    steps for as many FLOPs (on many-anchor data, prefixes (A - 1)·s / 2 tokens longer on average), other DiTs the
+    4-layer DiT's steps scaled by parameters x passes per step."""
     s = plan.sizes
     base = sum(p.numel() for p in graft(lm, DiTConfig(num_layers=s.dit_layers, block_len=s.block_len)).parameters())
     ar_params = sum(p.numel() for p in ar_graft(lm, ARDrafterConfig()).parameters())
@@ -152,11 +163,12 @@ def budget(plan: Plan, lm: Verifier, runs: dict[str, Drafter]) -> dict:
                                 s.prefix_len)
     out = {"drafter_flops": flops, "dit_params": base, "dit_steps": dit_steps, "ar_params": ar_params,
            "ar_steps": ar_steps, "runs": {}}
-    many = matched_ar_steps(lm, DiTConfig(num_layers=s.dit_layers, block_len=s.block_len), dit_steps,
-                            s.prefix_len + (plan.anchors - 1) * plan.anchor_stride // 2)
+    longer = {f"_{name}": matched_ar_steps(lm, DiTConfig(num_layers=s.dit_layers, block_len=s.block_len), dit_steps,
+                                           s.prefix_len + (anchors - 1) * stride // 2)
+              for name, anchors, stride in plan.anchor_sets}
     for name, d in runs.items():
         if d.sections["stage"] == "ar":
-            base_steps = many if d.data == "_many" else ar_steps
+            base_steps = longer.get(d.data, ar_steps)
             steps, step_flops = base_steps * d.multiple, flops / base_steps
         else:
             params = sum(p.numel() for p in graft(lm, d.sections["dit"]).parameters())
@@ -169,13 +181,17 @@ def budget(plan: Plan, lm: Verifier, runs: dict[str, Drafter]) -> dict:
 
 def cells(plan: Plan, runs: dict[str, Drafter]) -> list[tuple[str, str, int, str]]:
     """(drafter, rule, N, candidates): every drafter at every rule and N, a DiT's N > 1 also as a lattice; the
-    ablation's drafters at the exact rule and N 1."""
+    ablation's drafters at the exact rule and N 1; a DiT with a fixed source (noise_scale 0) has one draft, so its
+    N > 1 is the lattice only."""
     out = []
     for name, d in runs.items():
+        dit = d.sections["stage"] != "ar"
+        fixed = dit and d.sections["flow"].noise_scale == 0
         for rule in plan.rules if d.grid else ("exact",):
             for n in plan.ns if d.grid else (1,):
-                out.append((name, rule, n, "noise"))
-                if n > 1 and d.sections["stage"] != "ar":
+                if n == 1 or not fixed:
+                    out.append((name, rule, n, "noise"))
+                if n > 1 and dit:
                     out.append((name, rule, n, "lattice"))
     return out
 
@@ -190,7 +206,7 @@ def main() -> None:
     s, root, t0 = plan.sizes, Path(args.run), time.time()
     root.mkdir(parents=True, exist_ok=True)
     report: dict = {"sizes": vars(s), "plan": {k: v for k, v in vars(plan).items() if k != "sizes"},
-                    "levers": to_dict(LEVERS), "two_step": to_dict(TWO_STEP)}
+                    "levers": to_dict(LEVERS), "two_step": to_dict(TWO_STEP), "mask": to_dict(MASK)}
 
     tok_dir, files = root / "tokenizer", stdlib_files(s.files)
     if not (tok_dir / "tokenizer.json").is_file():
@@ -211,11 +227,13 @@ def main() -> None:
     if not (distilled / MANIFEST).is_file():
         distill(DistillConfig(input=corpus.train, out=str(distilled), verifier=verifier,
                               max_shards=plan.distill_shards))
-    many = root / "distilled_many"
-    if not (many / MANIFEST).is_file():
-        distill(DistillConfig(input=corpus.train, out=str(many), verifier=verifier, max_shards=plan.distill_shards,
-                              anchors=plan.anchors, anchor_stride=plan.anchor_stride))
-    data = {"": corpus, "_dist": replace(corpus, train=str(distilled)), "_many": replace(corpus, train=str(many))}
+    data = {"": corpus, "_dist": replace(corpus, train=str(distilled))}
+    for name, anchors, stride in plan.anchor_sets:
+        out = root / f"distilled_{name}"
+        if not (out / MANIFEST).is_file():
+            distill(DistillConfig(input=corpus.train, out=str(out), verifier=verifier, max_shards=plan.distill_shards,
+                                  anchors=anchors, anchor_stride=stride))
+        data[f"_{name}"] = replace(corpus, train=str(out))
 
     runs = drafters(plan)
     report["budget"] = plan_flops = budget(plan, Verifier.load(verifier), runs)
@@ -237,7 +255,8 @@ def main() -> None:
                                         max_new_tokens=plan.tokens, acceptance=rule, temperature=1.0)))
         sections = runs[name].sections  # the verifier's own next token leads (AR, anchor): accepted under exact
         given = r.get("given_tokens", int(rule == "exact" and (sections["stage"] == "ar" or sections["flow"].anchor)))
-        data = {"": "corpus", "_dist": "distilled", "_many": f"distilled, {plan.anchors} anchors"}[runs[name].data]
+        data = {"": "corpus", "_dist": "distilled", **{f"_{n}": f"distilled, {a} anchors / {st}"
+                                                      for n, a, st in plan.anchor_sets}}[runs[name].data]
         rows.append({"drafter": name, "data": data, "flops_multiple": runs[name].multiple,
                      "rule": rule, "K": s.block_len, "N": n, "candidates": candidates, "tau": r["tau"],
                      "alpha": conditional_acceptance(r["tau_histogram"], given), "tau_histogram": r["tau_histogram"],

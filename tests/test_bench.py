@@ -68,27 +68,32 @@ def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "levers.json").read_text())
     names = {"ar", "ar_dist", "clsd", "clsd_dist", "ar_dist_2x", "clsd_dist_l2", "clsd_dist_attn", "clsd_dist_2step",
-             "clsd_many", "ar_many_2x"}
+             "clsd_many", "ar_many_2x", "clsd_many_mask", "clsd_many_3x", "clsd_dense", "ar_dense_2x"}
     ablation = {"abl_seed", "abl_prefix", "abl_anchor", "abl_tokens", "abl_one_step", "abl_decay", "abl_decay_adaln"}
     assert {r["drafter"] for r in report["rows"]} == names | ablation
     exact = [r for r in report["rows"] if r["rule"] == "exact"]
     assert all(r["greedy_outputs"] == "2/2" for r in exact)
     assert all(1 <= r["tau"] <= r["K"] + 1 and all(0 <= a <= 1 for a in r["alpha"]) for r in report["rows"])
     cells = Counter((r["drafter"], r["rule"]) for r in report["rows"])  # N 1, 2 (and a DiT's lattice at N 2)
-    assert all(cells[name, rule] == (2 if name.startswith("ar") else 3) for name in names
-               for rule in ("exact", "sampling"))
+    assert all(cells[name, rule] == (2 if name.startswith("ar") or name.endswith("_mask") else 3) for name in names
+               for rule in ("exact", "sampling"))  # a mask DiT: one draft, so N 2 is the lattice only
     assert all(cells[name, "exact"] == 1 and cells[name, "sampling"] == 0 for name in ablation)
     seed = json.loads((tmp_path / "run" / "abl_seed" / "export" / "dit_config.json").read_text())
     assert not seed["dit"]["prefix_state"] and seed["flow"]["objective"] == "velocity" and not seed["flow"]["anchor"]
+    mask = json.loads((tmp_path / "run" / "clsd_many_mask" / "export" / "dit_config.json").read_text())
+    assert mask["flow"]["noise_scale"] == 0 and mask["flow"]["anchor"]
     two_step = json.loads((tmp_path / "run" / "clsd_dist_2step" / "export" / "dit_config.json").read_text())
     assert two_step["flow"]["anchor"] and two_step["flow"]["train_inputs"] == "sampler"
     runs = report["budget"]["runs"]
     assert runs["clsd_dist"]["steps"] == report["budget"]["dit_steps"] * 2  # the tiny plan's long = 2
     assert runs["clsd_dist_2step"]["steps"] == runs["clsd_dist"]["steps"] // 2  # two DiT passes a step
-    final = {name: curve[-1]["flops"] for name, curve in report["curves"].items() if name != "clsd"}
+    assert runs["clsd_many_3x"]["steps"] == report["budget"]["dit_steps"] * 3  # the tiny plan's converge = 3
+    final = {name: curve[-1]["flops"] for name, curve in report["curves"].items()
+             if name not in ("clsd", "clsd_many_3x")}
     assert max(final.values()) == pytest.approx(min(final.values()), rel=0.1)  # the long runs' FLOPs match
     assert (tmp_path / "run" / "distilled" / "manifest.json").is_file()
-    many = json.loads((tmp_path / "run" / "distilled_many" / "manifest.json").read_text())  # 2 anchors per rollout
     distilled = json.loads((tmp_path / "run" / "distilled" / "manifest.json").read_text())
-    assert sum(x["samples"] for x in many["shards"]) == 2 * sum(x["samples"] for x in distilled["shards"])
+    for name, anchors in (("many", 2), ("dense", 3)):  # the tiny plan's anchors per rollout
+        many = json.loads((tmp_path / "run" / f"distilled_{name}" / "manifest.json").read_text())
+        assert sum(x["samples"] for x in many["shards"]) == anchors * sum(x["samples"] for x in distilled["shards"])
     assert (tmp_path / "out" / "levers.png").stat().st_size > 1000
