@@ -17,8 +17,8 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
                          verifier's continuation of the prefix and the rollout's first j·s tokens): A x the distinct
                          blocks for one rollout of K + (A - 1)·s tokens per prefix. Is the DiT short of data?
     clsd_dense, ar_dense_<long>x the same on ``distilled_dense``: an anchor at every token of the same-length rollout
-    clsd_many_mask       clsd_many with flow.noise_scale 0: the drafted positions' input is the DiT's learned
-                         position embeddings alone (DFlash's mask input) instead of noise; N > 1 from the lattice
+    clsd_many_mask       clsd_many with flow.source mask: the drafted positions' input is one fixed vector
+                         (DFlash's mask input) instead of noise; N > 1 from the lattice
     clsd_many_<converge>x  clsd_many trained for ``converge`` x the FLOPs: τ along training towards convergence
     clsd_dist_l2         the distilled lever DiT with 2 layers instead of 4 (more steps for the same FLOPs)
     clsd_dist_attn       the DFlash-like configuration: a 2-layer lever DiT grafted from the verifier's last two
@@ -71,7 +71,7 @@ from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 LEVERS = RECIPE  # the quickstart's CLSD flow: anchor, tokens objective, one step at t = 0, position decay
 TWO_STEP = replace(LEVERS, euler_steps=2, train_inputs="sampler")
-MASK = replace(LEVERS, noise_scale=0.0)  # one step from a fixed source: DFlash's mask input
+MASK = replace(LEVERS, source="mask")  # one step from a fixed source: DFlash's mask input
 
 
 @dataclass
@@ -82,6 +82,7 @@ class Plan:
     anchor_sets: tuple = (("many", 5, 4), ("dense", 17, 1))
     long: int = 4  # the long runs train for long x the seed's drafter FLOPs
     converge: int = 8  # clsd_many_<converge>x: towards convergence
+    verifier_curve: int = 3  # the verifier's recipe trained this many times as long, evaluated 4x as often
     curve_every: int = 250
     ns: tuple = (1, 4)
     rules: tuple = ("exact", "sampling")
@@ -92,7 +93,7 @@ class Plan:
 FULL = Plan(Sizes(block_len=16, long_block=16, ks=(16,)))
 TINY = Plan(replace(TINY_SIZES, long_block=8, ks=(8,)), distill_shards=1, long=2,
             anchor_sets=(("many", 2, 2), ("dense", 3, 1)),
-            converge=3, curve_every=10, ns=(1, 2), prompts=2, tokens=12)
+            converge=3, verifier_curve=2, curve_every=10, ns=(1, 2), prompts=2, tokens=12)
 
 
 @dataclass
@@ -181,12 +182,12 @@ def budget(plan: Plan, lm: Verifier, runs: dict[str, Drafter]) -> dict:
 
 def cells(plan: Plan, runs: dict[str, Drafter]) -> list[tuple[str, str, int, str]]:
     """(drafter, rule, N, candidates): every drafter at every rule and N, a DiT's N > 1 also as a lattice; the
-    ablation's drafters at the exact rule and N 1; a DiT with a fixed source (noise_scale 0) has one draft, so its
+    ablation's drafters at the exact rule and N 1; a DiT with a fixed source (flow.source mask) has one draft, so its
     N > 1 is the lattice only."""
     out = []
     for name, d in runs.items():
         dit = d.sections["stage"] != "ar"
-        fixed = dit and d.sections["flow"].noise_scale == 0
+        fixed = dit and d.sections["flow"].source == "mask"
         for rule in plan.rules if d.grid else ("exact",):
             for n in plan.ns if d.grid else (1,):
                 if n == 1 or not fixed:
@@ -272,6 +273,13 @@ def main() -> None:
                         for name, d in runs.items() if d.curve}
     ce = [e for e in map(json.loads, (root / "verifier" / "metrics.jsonl").open()) if e["kind"] == "eval"]
     report["verifier_heldout_ce"] = [{"step": e["step"], "loss": e["loss"]} for e in ce]
+    longer = root / "verifier_curve"  # the verifier's recipe trained longer: how far from converged is the verifier?
+    if not (longer / "export").is_dir():
+        train(longer, s, corpus, s.verifier_steps * plan.verifier_curve, 3e-3, stage="lm",
+              verifier=VerifierConfig(random_init={**s.verifier, "vocab_size": vocab}),
+              train_extra=dict(eval_every=max(1, s.verifier_steps // 4)))
+    report["verifier_curve"] = [{"step": e["step"], "loss": e["loss"]} for e in map(
+        json.loads, (longer / "metrics.jsonl").open()) if e["kind"] == "eval"]
     report["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out or REPO / "bench" / "results" / f"cpu-{date.today()}-levers{'_tiny' if args.tiny else ''}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,6 +300,9 @@ def table(report: dict) -> str:
     for name, curve in report["curves"].items():
         lines.append(f"\n{name}: τ (N 1, training evaluation) at step (TFLOP): " + ", ".join(
             f"{c['step']} ({c['flops'] / 1e12:.2f}): {c['tau']:.2f}" for c in curve))
+    lines.append("\nthe verifier (held-out CE at step): " + ", ".join(
+        f"{e['step']}: {e['loss']:.3f}" for e in report["verifier_heldout_ce"]) + "; its recipe trained longer: " +
+        ", ".join(f"{e['step']}: {e['loss']:.3f}" for e in report["verifier_curve"]))
     return "\n".join(lines) + "\n"
 
 

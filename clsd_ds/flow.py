@@ -25,10 +25,12 @@ interpolations of the true block: x^(0) = x0, and for every step i (t_i = i / S)
 built from its own estimate (detached). A later step thus learns to correct the drafts of the earlier one, as it
 must at decoding (``interpolation``, the seed's, shows it the true block under less noise instead).
 
-``noise_scale`` σ sets the source distribution, x0 ~ N(0, σ² I) (σ = 1: the seed's). σ = 0 makes the source one
-point: with one Euler step from t = 0 the drafted positions' input is the DiT's learned position embeddings alone,
-DFlash's fixed "mask" input, and the draft is deterministic (N candidates then come from ``decode.candidates:
-lattice``).
+``source: mask`` replaces the noise by one fixed point, x0 = 1 (the all-ones vector: unit RMS, as the noise and the
+rescaled embeddings, the same at every position): with one Euler step from t = 0 the drafted positions' input is
+DFlash's "mask" token (positions told apart by the DiT's position embeddings and rotary), and the draft is
+deterministic (N candidates then come from ``decode.candidates: lattice``). Not x0 = 0: with the zero-init
+position embeddings and output layer, RMSNorm(0) = 0 gives the output weights no gradient from the drafted
+positions, nor anything before them, so such a DiT never leaves its initialisation (measured: τ 2.00 flat).
 
 ``position_decay`` γ > 0 weights drafted position k (k = 1, 2, ...) by exp(-(k - 1) / γ), normalised to mean 1, as
 DFlash does: early positions decide acceptance.
@@ -54,7 +56,7 @@ class FlowConfig:
     anchor: bool = False  # block position 0 is the anchor token, clean at every t; positions 1.. are drafted
     objective: Literal["velocity", "tokens"] = "velocity"  # tokens: logits through the verifier's head, CE
     position_decay: float = 0.0  # gamma > 0: drafted position k weighted exp(-(k-1)/gamma); 0: all equal
-    noise_scale: float = 1.0  # sigma: x0 ~ N(0, sigma^2 I); 0: a fixed source (the mask input of one step from t = 0)
+    source: Literal["noise", "mask"] = "noise"  # x0 ~ N(0, I), or x0 = 1: DFlash's mask input at one step from t = 0
     # interpolation: x_t = (1 - t) x0 + t x1 of the true block; sampler: every Euler step on its own sampler's input
     train_inputs: Literal["interpolation", "sampler"] = "interpolation"
 
@@ -67,8 +69,6 @@ class FlowConfig:
             raise ConfigError(f"field 'flow.t_bins': expected an integer >= 1, got {self.t_bins}")
         if self.position_decay < 0:
             raise ConfigError(f"field 'flow.position_decay': expected >= 0, got {self.position_decay}")
-        if self.noise_scale < 0:
-            raise ConfigError(f"field 'flow.noise_scale': expected >= 0, got {self.noise_scale}")
         if self.train_inputs == "sampler" and self.objective != "tokens":
             raise ConfigError("field 'flow.train_inputs': 'sampler' unrolls the sampler through the DiT's clean-block "
                               "estimates, which need flow.objective: tokens")
@@ -80,10 +80,12 @@ def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Te
     return (1 - t) * x0 + t * x1
 
 
-def source_noise(cfg: FlowConfig, shape: tuple, generator: torch.Generator | None = None, device=None,
-                 dtype=None) -> torch.Tensor:
-    """x0 ~ N(0, σ² I) of ``shape``, σ = ``cfg.noise_scale`` (the generator advances the same for every σ)."""
-    return cfg.noise_scale * torch.randn(shape, generator=generator, device=device, dtype=dtype)
+def draw_source(cfg: FlowConfig, shape: tuple, generator: torch.Generator | None = None, device=None,
+                dtype=None) -> torch.Tensor:
+    """x0 of ``shape`` from the flow's source: N(0, I) noise, or the all-ones mask."""
+    if cfg.source == "mask":
+        return torch.ones(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
 def velocity_target(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:

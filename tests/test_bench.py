@@ -81,7 +81,7 @@ def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
     seed = json.loads((tmp_path / "run" / "abl_seed" / "export" / "dit_config.json").read_text())
     assert not seed["dit"]["prefix_state"] and seed["flow"]["objective"] == "velocity" and not seed["flow"]["anchor"]
     mask = json.loads((tmp_path / "run" / "clsd_many_mask" / "export" / "dit_config.json").read_text())
-    assert mask["flow"]["noise_scale"] == 0 and mask["flow"]["anchor"]
+    assert mask["flow"]["source"] == "mask" and mask["flow"]["anchor"]
     two_step = json.loads((tmp_path / "run" / "clsd_dist_2step" / "export" / "dit_config.json").read_text())
     assert two_step["flow"]["anchor"] and two_step["flow"]["train_inputs"] == "sampler"
     runs = report["budget"]["runs"]
@@ -96,4 +96,8 @@ def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
     for name, anchors in (("many", 2), ("dense", 3)):  # the tiny plan's anchors per rollout
         many = json.loads((tmp_path / "run" / f"distilled_{name}" / "manifest.json").read_text())
         assert sum(x["samples"] for x in many["shards"]) == anchors * sum(x["samples"] for x in distilled["shards"])
+    curve = report["verifier_curve"]  # the verifier's recipe for twice its steps, evaluated at every quarter
+    assert [e["step"] for e in curve] == list(range(0, 2 * report["sizes"]["verifier_steps"] + 1,
+                                                   report["sizes"]["verifier_steps"] // 4))
+    assert curve[-1]["loss"] < curve[0]["loss"]
     assert (tmp_path / "out" / "levers.png").stat().st_size > 1000

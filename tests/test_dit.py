@@ -116,6 +116,25 @@ def test_prefix_state_dit_is_causal_and_trains(verifier):
     assert all(p.grad is not None for p in dit.parameters() if p.requires_grad)
 
 
+def test_a_constant_mask_input_trains_where_a_zero_input_cannot(verifier):
+    """Why flow.source mask is the all-ones vector, not zero: at the zero init of the output layer and the position
+    embeddings, an all-zero input at the drafted positions normalises to zero, so the output weights get no
+    gradient from those positions (and nothing before them does): the DiT could never leave its init."""
+    dit = graft(verifier, DiTConfig(num_layers=2, block_len=BLOCK))
+    head, E = verifier.lm.lm_head, verifier.lm.get_input_embeddings().weight
+    _, t, cond = _inputs(dit)
+    targets = torch.randint(0, E.shape[0], (2, BLOCK), generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for name, fill in (("zeros", 0.0), ("mask", 1.0)):
+        dit.zero_grad()
+        x = torch.full((2, BLOCK, E.shape[1]), fill)
+        x[:, 0] = E[targets[:, 0]].detach() / dit.cfg.embed_scale  # the anchor, clean at position 0
+        logits = head(dit(x, torch.zeros_like(t), cond))
+        torch.nn.functional.cross_entropy(logits[:, 1:].flatten(0, 1), targets[:, 1:].flatten()).backward()
+        grads[name] = dit.final.linear.weight.grad.abs().sum().item()
+    assert grads["zeros"] == 0 and grads["mask"] > 0
+
+
 def test_zero_init_blocks_are_the_identity(verifier):
     dit = graft(verifier, DiTConfig(num_layers=4, block_len=BLOCK))
     h, t, cond = _inputs(dit)

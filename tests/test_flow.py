@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from clsd_ds.config import ConfigError
 from clsd_ds.flow import (FlowConfig, Readout, euler_sample, interpolate, loss_by_t_bin, pin_anchor,
-                          position_weights, sample_block, sample_t, source_noise, velocity_target)
+                          position_weights, sample_block, sample_t, draw_source, velocity_target)
 
 
 def _pair(seed=0):
@@ -68,14 +67,11 @@ def test_loss_by_t_bin():
     assert counts.tolist() == [1.0, 2.0, 0.0, 1.0]
 
 
-def test_source_noise_is_scaled_standard_noise():
-    draws = {sigma: source_noise(FlowConfig(noise_scale=sigma), (4, 8), torch.Generator().manual_seed(1))
-             for sigma in (0.0, 1.0, 2.5)}
-    torch.testing.assert_close(draws[1.0], torch.randn(4, 8, generator=torch.Generator().manual_seed(1)))
-    torch.testing.assert_close(draws[2.5], 2.5 * draws[1.0])
-    assert torch.equal(draws[0.0], torch.zeros(4, 8))
-    with pytest.raises(ConfigError, match="flow.noise_scale"):
-        FlowConfig(noise_scale=-0.5).validate()
+def test_source_is_standard_noise_or_the_all_ones_mask():
+    noise = draw_source(FlowConfig(), (4, 8), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(noise, torch.randn(4, 8, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(draw_source(FlowConfig(source="mask"), (4, 8), torch.Generator().manual_seed(1)),
+                       torch.ones(4, 8))
 
 
 def test_position_weights():

@@ -169,13 +169,13 @@ def test_lattice_candidates_branch_one_sampling_and_stay_greedy(pair):
         SpeculativeDecoder(lm, base, DecodeConfig(candidates="lattice"))
 
 
-def test_zero_source_noise_is_the_mask_input_and_one_deterministic_draft(pair):
-    """flow.noise_scale 0: the drafted positions' input is exactly zero (the DiT adds its position embeddings: the
-    mask input), so the draft does not depend on the decoder's seed; N noise candidates would be one draft repeated
-    and are refused, the lattice's N are accepted, and exact decoding stays greedy."""
+def test_mask_source_is_one_fixed_input_and_one_deterministic_draft(pair):
+    """flow.source mask: the drafted positions' input is the all-ones vector (DFlash's mask input), so the draft
+    does not depend on the decoder's seed; N noise candidates would be one draft repeated and are refused, the
+    lattice's N are accepted, and exact decoding stays greedy."""
     lm, base = pair
     dit = copy.deepcopy(base)
-    dit.flow = FlowConfig(anchor=True, objective="tokens", euler_steps=1, noise_scale=0.0)
+    dit.flow = FlowConfig(anchor=True, objective="tokens", euler_steps=1, source="mask")
     with torch.no_grad():
         dit.final.linear.weight.normal_(0, 0.5)
     seen = []
@@ -186,8 +186,8 @@ def test_zero_source_noise_is_the_mask_input_and_one_deterministic_draft(pair):
     drafts = [SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=1, seed=seed)).draft(
         hidden[:, -1:], states, len(ids), BLOCK) for seed in (0, 1)]
     assert torch.equal(drafts[0], drafts[1])
-    assert all(torch.equal(x[:, 1:], torch.zeros_like(x[:, 1:])) for x in seen)  # anchor at 0, zeros after it
-    with pytest.raises(ConfigError, match="noise candidates of a drafter trained with flow.noise_scale 0"):
+    assert all(torch.equal(x[:, 1:], torch.ones_like(x[:, 1:])) for x in seen)  # the anchor at 0, the mask after it
+    with pytest.raises(ConfigError, match="noise candidates of a drafter trained with flow.source mask"):
         SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=4))
     out, _ = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=4, candidates="lattice",
                                                       max_new_tokens=16)).generate(ids)
@@ -195,7 +195,7 @@ def test_zero_source_noise_is_the_mask_input_and_one_deterministic_draft(pair):
     seen.clear()  # the same drafter with the seed's source: noise at the drafted positions
     dit.flow = FlowConfig(anchor=True, objective="tokens", euler_steps=1)
     SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=1)).draft(hidden[:, -1:], states, len(ids), BLOCK)
-    assert seen[0][:, 1:].abs().min() > 0
+    assert not torch.equal(seen[0][:, 1:], torch.ones_like(seen[0][:, 1:]))
 
 
 def test_conditional_acceptance_from_the_committed_histogram():

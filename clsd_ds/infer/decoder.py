@@ -32,7 +32,7 @@ from transformers import Qwen3_5ForCausalLM
 
 from ..config import ConfigError
 from ..dit import CausalDiT
-from ..flow import Readout, sample_block, source_noise
+from ..flow import Readout, draw_source, sample_block
 from ..verifier import nearest_tokens
 from ..verifier_state import LayerStates, Prefix, continue_pass, prefix_pass
 from . import acceptance
@@ -140,9 +140,9 @@ class SpeculativeDecoder:
             if cfg.candidates == "lattice" and self.reading != "logits":
                 raise ConfigError(f"field 'decode.candidates': 'lattice' branches the drafter's own distributions, "
                                   f"which the logits reading has; this decoder reads by {self.reading}")
-            if cfg.candidates == "noise" and cfg.num_candidates > 1 and drafter.flow.noise_scale == 0:
+            if cfg.candidates == "noise" and cfg.num_candidates > 1 and drafter.flow.source == "mask":
                 raise ConfigError(f"field 'decode.num_candidates': {cfg.num_candidates} noise candidates of a drafter "
-                                  f"trained with flow.noise_scale 0 are one draft repeated; use decode.candidates "
+                                  f"trained with flow.source mask are one draft repeated; use decode.candidates "
                                   f"lattice (or num_candidates 1)")
         elif cfg.candidates == "lattice":
             raise ConfigError("field 'decode.candidates': 'lattice' is for DiT drafters; the AR drafter's N chains "
@@ -188,7 +188,7 @@ class SpeculativeDecoder:
         if dit.flow.anchor:
             anchor = F.embedding(own[:rows, 0], self.embedding) / scale
         readout = Readout(self.lm.lm_head, self.embedding, scale) if dit.flow.objective == "tokens" else None
-        x0 = source_noise(dit.flow, (rows, k, d), self.generator, device=h.device, dtype=self.embedding.dtype)
+        x0 = draw_source(dit.flow, (rows, k, d), self.generator, device=h.device, dtype=self.embedding.dtype)
         x1, logits = sample_block(lambda x, t: dit(x, t, cond, prefix), x0, dit.flow, self.euler_steps, anchor,
                                   readout)
         drafts = x1.to(self.embedding.dtype) * scale

@@ -1,7 +1,7 @@
 """Stage A: rectified-flow training of the DiT on true blocks.
 
 For a batch of blocks: x1 = E[block] / embed_scale (or the stored embeddings), C from the shards or from the frozen
-verifier under no_grad, x0 ~ N(0, σ² I) (``flow.noise_scale``), t ~ FlowConfig.t_sampling, x_t = (1 - t) x0 + t x1
+verifier under no_grad, x0 ~ N(0, I) (``flow.source: mask``: x0 = 1), t ~ FlowConfig.t_sampling, x_t = (1 - t) x0 + t x1
 (with ``flow.anchor`` position 0 pinned to x1's), o = DiT(x_t, t, C); per position k, with the weights w_k of
 ``flow.position_weights``:
 
@@ -28,7 +28,7 @@ from ..config import ConfigError
 from ..data.format import Manifest
 from ..dit import CausalDiT, save_dit
 from ..flow import (FlowConfig, Readout, interpolate, loss_by_t_bin, pin_anchor, position_weights, sample_t,
-                    source_noise, towards, velocity_target)
+                    draw_source, towards, velocity_target)
 from ..verifier import Verifier
 from ..verifier_state import read_prefixes
 from .distributed import DistInfo
@@ -100,7 +100,7 @@ class StageATask:
     def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
         x1 = self.targets(batch)
         flow, B = self.module.flow, x1.shape[0]
-        x0 = source_noise(flow, x1.shape, generator, device=x1.device)
+        x0 = draw_source(flow, x1.shape, generator, device=x1.device)
         anchor = x1[:, 0] if flow.anchor else None
         if self.module.cfg.prefix_state:
             context = read_prefixes(self.verifier.lm, batch["prefix"], batch["prefix_len"], self.embedding.weight)

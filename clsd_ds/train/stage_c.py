@@ -31,7 +31,7 @@ from transformers import Qwen3_5ForCausalLM
 from ..config import ConfigError
 from ..data.format import Manifest
 from ..dit import CausalDiT, save_dit
-from ..flow import FlowConfig, euler_sample, source_noise
+from ..flow import FlowConfig, draw_source, euler_sample
 from ..verifier import Verifier, nearest_tokens
 from ..verifier_state import continue_pass, full_pass, left_align, read_prefixes
 from .distributed import DistInfo
@@ -146,7 +146,7 @@ class StageCTask:
     def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
         block = batch["block"]
         d = self.module.dit.text_config.hidden_size
-        x0 = source_noise(self.module.dit.flow, (*block.shape, d), generator, device=block.device)
+        x0 = draw_source(self.module.dit.flow, (*block.shape, d), generator, device=block.device)
         beta = beta_at(self.cfg, step)
         out = model(batch["prefix"], batch["prefix_len"], block, batch["cond"] if self.use_shard_cond else None, x0,
                     beta)
