@@ -82,7 +82,7 @@ class Plan:
     anchor_sets: tuple = (("many", 5, 4), ("dense", 17, 1))
     long: int = 4  # the long runs train for long x the seed's drafter FLOPs
     converge: int = 8  # clsd_many_<converge>x: towards convergence
-    verifier_curve: int = 3  # the verifier's recipe trained this many times as long, evaluated 4x as often
+    verifier_curve: int = 3  # the verifier's recipe this many times as long, evaluated every quarter of its steps
     curve_every: int = 250
     ns: tuple = (1, 4)
     rules: tuple = ("exact", "sampling")
@@ -273,13 +273,13 @@ def main() -> None:
                         for name, d in runs.items() if d.curve}
     ce = [e for e in map(json.loads, (root / "verifier" / "metrics.jsonl").open()) if e["kind"] == "eval"]
     report["verifier_heldout_ce"] = [{"step": e["step"], "loss": e["loss"]} for e in ce]
-    longer = root / "verifier_curve"  # the verifier's recipe trained longer: how far from converged is the verifier?
-    if not (longer / "export").is_dir():
-        train(longer, s, corpus, s.verifier_steps * plan.verifier_curve, 3e-3, stage="lm",
+    curve_dir = root / "verifier_curve"  # the verifier's recipe trained longer: how far from converged is it?
+    if not (curve_dir / "export").is_dir():
+        train(curve_dir, s, corpus, s.verifier_steps * plan.verifier_curve, 3e-3, stage="lm",
               verifier=VerifierConfig(random_init={**s.verifier, "vocab_size": vocab}),
               train_extra=dict(eval_every=max(1, s.verifier_steps // 4)))
     report["verifier_curve"] = [{"step": e["step"], "loss": e["loss"]} for e in map(
-        json.loads, (longer / "metrics.jsonl").open()) if e["kind"] == "eval"]
+        json.loads, (curve_dir / "metrics.jsonl").open()) if e["kind"] == "eval"]
     report["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out or REPO / "bench" / "results" / f"cpu-{date.today()}-levers{'_tiny' if args.tiny else ''}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from conftest import BLOCK, tiny_verifier
 
 from clsd_ds.config import ConfigError
 from clsd_ds.dit import CausalDiT, DiTConfig, load_dit, save_dit
-from clsd_ds.flow import FlowConfig
+from clsd_ds.flow import FlowConfig, draw_source, pin_anchor
 from clsd_ds.graft import STRIDE_INDICES, graft, resolve_slice
 from clsd_ds.verifier_state import Prefix, continue_pass, left_align, prefix_pass
 
@@ -125,11 +125,11 @@ def test_a_constant_mask_input_trains_where_a_zero_input_cannot(verifier):
     _, t, cond = _inputs(dit)
     targets = torch.randint(0, E.shape[0], (2, BLOCK), generator=torch.Generator().manual_seed(2))
     grads = {}
-    for name, fill in (("zeros", 0.0), ("mask", 1.0)):
+    anchor = E[targets[:, 0]].detach() / dit.cfg.embed_scale  # clean at position 0
+    shape = (2, BLOCK, E.shape[1])
+    for name, x0 in (("zeros", torch.zeros(shape)), ("mask", draw_source(FlowConfig(source="mask"), shape))):
         dit.zero_grad()
-        x = torch.full((2, BLOCK, E.shape[1]), fill)
-        x[:, 0] = E[targets[:, 0]].detach() / dit.cfg.embed_scale  # the anchor, clean at position 0
-        logits = head(dit(x, torch.zeros_like(t), cond))
+        logits = head(dit(pin_anchor(x0, anchor), torch.zeros_like(t), cond))
         torch.nn.functional.cross_entropy(logits[:, 1:].flatten(0, 1), targets[:, 1:].flatten()).backward()
         grads[name] = dit.final.linear.weight.grad.abs().sum().item()
     assert grads["zeros"] == 0 and grads["mask"] > 0
