@@ -20,6 +20,9 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
     clsd_many_mask       clsd_many with flow.source mask: the drafted positions' input is one fixed vector
                          (DFlash's mask input) instead of noise; N > 1 from the lattice
     clsd_many_<converge>x  clsd_many trained for ``converge`` x the FLOPs: τ along training towards convergence
+    clsd_many_mask_<converge>x, ar_many_<converge>x  the mask DiT and the AR drafter there too: each to convergence
+    clsd_many_seed1, clsd_many_mask_seed1  clsd_many and clsd_many_mask again with seed 1 (the new weights'
+                         initialisation, the step noise and the data order): is the mask's gain larger than a seed's?
     clsd_dist_l2         the distilled lever DiT with 2 layers instead of 4 (more steps for the same FLOPs)
     clsd_dist_attn       the DFlash-like configuration: a 2-layer lever DiT grafted from the verifier's last two
                          attention layers, each attending to its source layer's prefix keys/values (DFlash injects
@@ -103,6 +106,7 @@ class Drafter:
     sections: dict  # the run's stage, drafter and flow sections
     curve: bool = False  # τ logged during training
     grid: bool = True  # decoded at every rule, N and candidates; else exact, N 1 only
+    seed: int = 0  # the run's seed (new weights, step noise) and its data order
 
 
 def drafters(plan: Plan) -> dict[str, Drafter]:
@@ -122,6 +126,10 @@ def drafters(plan: Plan) -> dict[str, Drafter]:
             f"ar_many_{plan.long}x": Drafter("_many", plan.long, ar, curve=True),
             "clsd_many_mask": Drafter("_many", plan.long, {**lever, "flow": MASK}, curve=True),
             f"clsd_many_{plan.converge}x": Drafter("_many", plan.converge, lever, curve=True),
+            f"clsd_many_mask_{plan.converge}x": Drafter("_many", plan.converge, {**lever, "flow": MASK}, curve=True),
+            f"ar_many_{plan.converge}x": Drafter("_many", plan.converge, ar, curve=True),
+            "clsd_many_seed1": Drafter("_many", plan.long, lever, curve=True, seed=1),
+            "clsd_many_mask_seed1": Drafter("_many", plan.long, {**lever, "flow": MASK}, curve=True, seed=1),
             "clsd_dense": Drafter("_dense", plan.long, lever, curve=True),
             f"ar_dense_{plan.long}x": Drafter("_dense", plan.long, ar, curve=True),
             **ablation(plan)}
@@ -241,8 +249,8 @@ def main() -> None:
     curve = dict(eval_every=plan.curve_every, tau_prompts=8, tau_cycles=6, tau_candidates=1)
     for name, d in runs.items():
         if not (root / name / "export").is_dir():
-            train(root / name, s, data[d.data], plan_flops["runs"][name]["steps"], 1e-3, verifier=verifier,
-                  **d.sections, **({"train_extra": curve} if d.curve else {}))
+            train(root / name, s, replace(data[d.data], seed=d.seed), plan_flops["runs"][name]["steps"], 1e-3,
+                  verifier=verifier, seed=d.seed, **d.sections, **({"train_extra": curve} if d.curve else {}))
 
     rows, evals = [], root / f"eval_{plan.prompts}x{plan.tokens}"
     for name, rule, n, candidates in cells(plan, runs):
@@ -258,7 +266,7 @@ def main() -> None:
         given = r.get("given_tokens", int(rule == "exact" and (sections["stage"] == "ar" or sections["flow"].anchor)))
         data = {"": "corpus", "_dist": "distilled", **{f"_{n}": f"distilled, {a} anchors / {st}"
                                                       for n, a, st in plan.anchor_sets}}[runs[name].data]
-        rows.append({"drafter": name, "data": data, "flops_multiple": runs[name].multiple,
+        rows.append({"drafter": name, "data": data, "flops_multiple": runs[name].multiple, "seed": runs[name].seed,
                      "rule": rule, "K": s.block_len, "N": n, "candidates": candidates, "tau": r["tau"],
                      "alpha": conditional_acceptance(r["tau_histogram"], given), "tau_histogram": r["tau_histogram"],
                      "tokens_per_verifier_call": r["tokens_per_verifier_call"],
