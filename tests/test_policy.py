@@ -1,0 +1,140 @@
+"""The drafter as a stochastic policy (shadow/policy.py) on a real grafted tiny DiT: a block's log-probability is
+the density of its recorded steps and draws (checked with torch.distributions), and the GRPO loss moves it the way
+the advantage says."""
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_verifier
+from torch.distributions import Categorical, Normal
+
+from clsd_ds.dit import DiTConfig
+from clsd_ds.flow import FlowConfig, Readout, pin_anchor, towards
+from clsd_ds.graft import graft
+from clsd_ds.shadow.policy import PolicyConfig, grpo_loss, group_advantages, log_prob, sample
+
+K = 6
+
+
+@pytest.fixture(scope="module")
+def setup():
+    verifier = tiny_verifier()
+    dit = graft(verifier, DiTConfig(num_layers=2, block_len=K))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # leave the zero init: every output would be 0 and every logit equal
+        for name, p in dit.named_parameters():
+            if "adaLN" in name or name.startswith(("final.linear", "pos_emb")):
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    lm = verifier.lm
+    embedding = lm.get_input_embeddings().weight.detach()
+    readout = Readout(lm.lm_head, embedding, dit.cfg.embed_scale)
+    cond = torch.randn(3, embedding.shape[1], generator=g)
+    return dit, readout, cond, embedding
+
+
+def _model(dit, cond):
+    return lambda x, t: dit(x, t, cond)
+
+
+def _independent_logp(dit, cond, block, flow, cfg, anchor, readout):
+    """The density from first principles: each step's mean by hand, Normal and Categorical from torch."""
+    steps = block.states.shape[0] - 1
+    dt, total = 1.0 / steps, torch.zeros(block.states.shape[1])
+    gaussian = steps if flow.objective == "velocity" else steps - 1
+    drafted = slice(1, None) if anchor is not None else slice(None)
+    for i in range(steps):
+        x, t = block.states[i], torch.full((block.states.shape[1],), i * dt)
+        out = dit(pin_anchor(x, anchor), t, cond)
+        if flow.objective == "velocity":
+            mu = x + dt * out
+        else:
+            logits = readout.head(out)
+            mu = x + dt * towards(readout.clean_estimate(logits), x, t)
+        if i < gaussian:
+            normal = Normal(mu[:, drafted], cfg.sigma * math.sqrt(dt))
+            total += normal.log_prob(block.states[i + 1][:, drafted]).flatten(1).sum(1)
+    if flow.objective == "tokens":
+        total += Categorical(logits=logits[:, drafted] / cfg.temperature).log_prob(block.tokens[:, drafted]).sum(1)
+    return total
+
+
+@pytest.mark.parametrize("objective,steps,anchored", [("tokens", 3, True), ("tokens", 1, True),
+                                                      ("velocity", 2, False)])
+def test_log_prob_is_the_density_of_the_recorded_steps(setup, objective, steps, anchored):
+    dit, readout, cond, embedding = setup
+    flow, cfg = FlowConfig(objective=objective, anchor=anchored), PolicyConfig(sigma=0.7, temperature=0.8)
+    g = torch.Generator().manual_seed(2)
+    anchor = embedding[torch.tensor([3, 4, 5])] / dit.cfg.embed_scale if anchored else None
+    d = embedding.shape[1]
+
+    def nearest(x):
+        return torch.cdist(x.flatten(0, 1), embedding / dit.cfg.embed_scale).argmin(-1).view(x.shape[:2])
+
+    with torch.no_grad():
+        block = sample(_model(dit, cond), torch.randn(3, K, d, generator=g), flow, steps, cfg, anchor, readout, g,
+                       nearest)
+        independent = _independent_logp(dit, cond, block, flow, cfg, anchor, readout)
+    recomputed = log_prob(_model(dit, cond), block, flow, cfg, anchor, readout)
+    torch.testing.assert_close(block.logp, independent, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(recomputed.detach(), independent, rtol=1e-4, atol=1e-3)
+    assert recomputed.requires_grad
+    if anchored:  # the anchor is held at every step
+        assert all(torch.equal(s[:, 0], anchor) for s in block.states)
+    if objective == "velocity":
+        assert torch.equal(block.tokens, nearest(block.states[-1]))
+
+
+def test_the_gaussian_steps_have_the_stated_spread(setup):
+    """x_{i+1} − μ_i over many draws has standard deviation σ·sqrt(Δ)."""
+    dit, readout, cond, embedding = setup
+    flow, cfg = FlowConfig(objective="velocity"), PolicyConfig(sigma=0.5)
+    g, steps = torch.Generator().manual_seed(4), 2
+    x0 = torch.randn(3, K, embedding.shape[1], generator=g)
+    with torch.no_grad():
+        block = sample(_model(dit, cond), x0, flow, steps, cfg, generator=g, nearest=lambda x: x[..., 0].long())
+        mu0 = x0 + 0.5 * dit(x0, torch.zeros(3), cond)
+    spread = (block.states[1] - mu0).std().item()
+    assert spread == pytest.approx(0.5 * math.sqrt(0.5), rel=0.05)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_an_advantage_moves_the_log_probability_its_way(setup, sign):
+    dit, readout, cond, embedding = setup
+    flow, cfg = FlowConfig(objective="tokens", anchor=True), PolicyConfig(sigma=0.3, kl=0.0)
+    anchor = embedding[torch.tensor([3, 4, 5])] / dit.cfg.embed_scale
+    g = torch.Generator().manual_seed(5)
+    params = {n: p.detach().clone() for n, p in dit.named_parameters()}
+    with torch.no_grad():
+        block = sample(_model(dit, cond), torch.randn(3, K, embedding.shape[1], generator=g), flow, 2, cfg, anchor,
+                       readout, g)
+    before = log_prob(_model(dit, cond), block, flow, cfg, anchor, readout)
+    loss, stats = grpo_loss(before, block.logp, torch.full((3,), sign), block.logp, cfg)
+    assert stats["ratio"] == pytest.approx(1.0, abs=1e-4)
+    opt = torch.optim.SGD(dit.parameters(), lr=1e-3)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    after = log_prob(_model(dit, cond), block, flow, cfg, anchor, readout).detach()
+    assert ((after - before.detach()) * sign > 0).all(), (before, after)
+    with torch.no_grad():  # put the weights back for the other tests
+        for n, p in dit.named_parameters():
+            p.copy_(params[n])
+
+
+def test_advantages_clipping_and_the_kl_term():
+    assert torch.equal(group_advantages(torch.tensor([1.0, 1.0, 1.0])), torch.zeros(3))
+    torch.testing.assert_close(group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0])),
+                               torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-5, rtol=0)
+    cfg = PolicyConfig(clip=0.2, kl=0.5)
+    old = torch.zeros(2)
+    logp = torch.tensor([1.0, -1.0], requires_grad=True)  # ratios e and 1/e: both outside 1 ± 0.2
+    loss, stats = grpo_loss(logp, old, torch.tensor([1.0, -1.0]), logp.detach(), cfg)
+    loss.backward()
+    assert stats["clipped"] == 1.0 and stats["kl"] == 0.0
+    assert torch.equal(logp.grad, torch.zeros(2))  # clipped on the side the advantage pushes: no gradient
+    logp = torch.tensor([0.0], requires_grad=True)
+    loss, stats = grpo_loss(logp, torch.zeros(1), torch.zeros(1), torch.tensor([1.0]), cfg)
+    assert stats["kl"] == pytest.approx(math.e - 2)  # exp(q) - q - 1 at q = 1
+    with pytest.raises(ValueError, match="deterministic"):
+        sample(lambda x, t: x, torch.zeros(1, 2, 3), FlowConfig(), 1, PolicyConfig(sigma=0.0))
