@@ -12,7 +12,8 @@ the stochastic steps are i < S - 1 and the readout; with one Euler step (the rec
 alone. With the velocity objective every step is Gaussian and the tokens are a function of x_S (the nearest
 reading). σ = 0 makes the steps deterministic (their term is then left out). The block's log-probability is
 
-    log π_θ(b) = Σ_{stochastic i} Σ_{drafted k} log N(x_{i+1,k}; μ_{i,k}, σ²Δ I)  +  Σ_{drafted k} log softmax(l_k / T)[y_k]
+    log π_θ(b) = Σ_{stochastic i} Σ_{drafted k} log N(x_{i+1,k}; μ_{i,k}, σ²Δ I)
+               + Σ_{drafted k} log softmax(l_k / T)[y_k]
 
 recomputed by running the DiT on the recorded inputs x_i (teacher-forced, not resampled). For one task, N rollouts
 with rewards r_j (1 if the objective check passed, plus an optional shaping term) get group-relative advantages
@@ -20,7 +21,8 @@ A_j = (r_j − mean r) / (std r + 1e-6) (all 0 when every r_j is equal), and eve
 the clipped surrogate and a KL penalty to the starting (reference) drafter, k3 estimator:
 
     ρ_b = exp(log π_θ(b) − log π_old(b))                         (π_old: the version that drafted it; stale is fine)
-    L   = mean_b [ −min(ρ_b A_j, clip(ρ_b, 1 − ε, 1 + ε) A_j)  +  β (exp(q_b) − q_b − 1) ],   q_b = log π_ref(b) − log π_θ(b)
+    L   = mean_b [ −min(ρ_b A_j, clip(ρ_b, 1 − ε, 1 + ε) A_j)  +  β (exp(q_b) − q_b − 1) ]
+    q_b = log π_ref(b) − log π_θ(b)
 """
 
 from __future__ import annotations
