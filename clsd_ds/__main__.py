@@ -8,6 +8,9 @@
     distill        shards whose blocks are the verifier's own continuations of their prefixes (data-parallel)
     eval           speculative decoding of held-out prompts: τ, time split, speedup over the verifier alone
     generate       decode one prompt (--prompt TEXT) with the drafter and print the text and τ
+    shadow-tasks   write the shadow loop's task set (worked arithmetic problems, a held-out split)
+    shadow-primary the shadow loop's primary: draft, verify objectively, send trajectories to Redis (the trainer
+                   is ``train stage=shadow``); SIGTERM/SIGINT: finish the task in hand, send what is queued, exit
     train          a training run of one stage (below); launch it with deepspeed, torchrun, mpirun or srun, or
                    plainly for one process. Exits with 75 when a stop signal (SIGUSR1/SIGTERM) made it
                    checkpoint and stop early: requeue it.
@@ -40,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                        ("distill", "rewrite shards' blocks as the verifier's own continuations"),
                        ("train", "run a training stage"),
                        ("eval", "measure speculative decoding on held-out prompts"),
-                       ("generate", "decode one prompt with the drafter")]:
+                       ("generate", "decode one prompt with the drafter"),
+                       ("shadow-tasks", "write the shadow loop's task set"),
+                       ("shadow-primary", "run the shadow loop's primary")]:
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", help="YAML or JSON config file")
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -96,6 +101,19 @@ def main(argv: list[str] | None = None) -> int:
             from .infer.generate import GenerateConfig, generate
 
             print(json.dumps(generate(load_config(GenerateConfig, args.config, args.overrides), args.prompt), indent=1))
+        elif args.command == "shadow-tasks":
+            from .shadow.tasks import TasksConfig, write_task_set
+
+            print(json.dumps(write_task_set(load_config(TasksConfig, args.config, args.overrides)), indent=1))
+        elif args.command == "shadow-primary":
+            import signal
+
+            from .shadow.primary import Primary, PrimaryConfig
+
+            primary = Primary(load_config(PrimaryConfig, args.config, args.overrides))
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: primary.request_stop())
+            print(json.dumps(primary.run(), indent=1), flush=True)
         elif args.command == "report":
             from pathlib import Path
 

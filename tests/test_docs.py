@@ -17,6 +17,9 @@ from clsd_ds.data.writer import PrepareConfig
 from clsd_ds.infer.decoder import DecodeConfig
 from clsd_ds.infer.evaluate import EvalConfig
 from clsd_ds.infer.generate import GenerateConfig
+from clsd_ds.shadow.primary import PrimaryConfig
+from clsd_ds.shadow.sandbox import SandboxConfig
+from clsd_ds.shadow.tasks import TasksConfig
 from clsd_ds.shipped import PACKAGE
 from clsd_ds.train.run import RunConfig
 
@@ -28,7 +31,8 @@ TWO_COMMANDS = [
 ]
 # (the dataclass, the prefix its fields carry in the docs): each has its own table, under a heading naming the class
 TABLES = [(RunConfig, ""), (DecodeConfig, "decode."), (EvalConfig, ""), (GenerateConfig, ""), (PrepareConfig, ""),
-          (ImportConfig, ""), (DistillConfig, "")]
+          (ImportConfig, ""), (DistillConfig, ""), (PrimaryConfig, ""), (TasksConfig, ""),
+          (SandboxConfig, "sandbox.")]
 
 
 def render(value) -> str:

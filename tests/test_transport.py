@@ -26,11 +26,11 @@ def test_send_receive_ack_and_a_bounded_stream_counts_what_it_drops(server):
     t = Transport(server.url, max_len=5)
     t.join()
     ids = [t.send({"task": i})[0] for i in range(3)]
-    got = t.receive("trainer-0", count=10)
-    assert [i for i, _ in got] == ids and [d["task"] for _, d in got] == [0, 1, 2]
-    assert t.stats()["pending"] == 3
+    got, last = t.receive("trainer-0", count=10)
+    assert [i for i, _ in got] == ids and [d["task"] for _, d in got] == [0, 1, 2] and last == ids[-1]
+    assert t.stats()["pending"] == 3 and t.receive("trainer-0", count=10, block_ms=10) == ([], None)  # read once
     t.ack(ids)
-    assert t.stats()["pending"] == 0 and t.receive("trainer-0", count=10, block_ms=10) == []
+    assert t.stats()["pending"] == 0 and t.receive("trainer-0", count=10, pending_after="0") == ([], None)
     dropped = [t.send({"task": i})[1] for i in range(3, 11)]  # 8 more: 3 + 8 = 11 added, at most 5 kept
     assert sum(dropped) == 6 and t.stats() == {"added": 11, "dropped_full": 6, "length": 5, "pending": 0}
 
@@ -39,22 +39,25 @@ def test_a_crashed_trainer_gets_what_it_had_read_first_and_trimmed_pending_entri
     t = Transport(server.url, max_len=4)
     t.join()
     ids = [t.send({"task": i})[0] for i in range(4)]
-    assert [i for i, _ in t.receive("trainer-0", count=2)] == ids[:2]  # read, then "killed" before the ack
+    assert [i for i, _ in t.receive("trainer-0", count=2)[0]] == ids[:2]  # read, then "killed" before the ack
     again = Transport(server.url, max_len=4)  # the restarted trainer, same consumer name
-    assert [i for i, _ in again.receive("trainer-0", count=10)] == ids[:2]  # its pending entries first
+    first, last = again.receive("trainer-0", count=1, pending_after="0")  # its pending entries, page by page
+    second, last = again.receive("trainer-0", count=1, pending_after=last)
+    assert [i for i, _ in first + second] == ids[:2] and again.receive("trainer-0", 1, pending_after=last)[0] == []
     again.ack(ids[:2])
-    assert [i for i, _ in again.receive("trainer-0", count=10)] == ids[2:]  # then the new ones
+    assert [i for i, _ in again.receive("trainer-0", count=10)[0]] == ids[2:]  # then the new ones
     for i in range(4):  # the pending ids[2:] are trimmed away by newer entries before they are used
         t.send({"task": 10 + i})
-    assert again.receive("trainer-0", count=10, block_ms=10)[0][1]["task"] == 10  # nothing for the trimmed two
+    assert again.receive("trainer-0", count=10, pending_after="0")[0] == []  # nothing for the trimmed two
     assert t.stats()["dropped_trimmed"] == 2
+    assert [d["task"] for _, d in again.receive("trainer-0", count=10)[0]] == [10, 11, 12, 13]
 
 
 def test_unreadable_entries_are_rejected_and_counted(server):
     t = Transport(server.url)
     t.join()
     bad = t.client.xadd(t.stream, {"data": b"{not json"}).decode()
-    [(entry, data)] = t.receive("trainer-0", count=10)
+    [(entry, data)], _ = t.receive("trainer-0", count=10)
     assert (entry, data) == (bad, None)
     t.reject(entry, "not_json")
     assert t.stats()["rejected:not_json"] == 1 and t.stats()["pending"] == 0
@@ -79,10 +82,10 @@ def test_a_redis_restart_keeps_what_was_added_and_acknowledged_and_callers_recon
     assert "id" not in done and "redis unavailable during send" in done.get("logged", "")
     server.start()
     sender.join(timeout=30)
-    got = retry(lambda: t.receive("trainer-0", count=10), "receive")
-    assert [i for i, _ in got] == ids[2:3]  # the pending one first; the acknowledged two are gone
+    got, _ = retry(lambda: t.receive("trainer-0", count=10, pending_after="0"), "receive")
+    assert [i for i, _ in got] == ids[2:3]  # the pending one survived; the acknowledged two are gone
     t.ack(ids[2:3])
-    assert [i for i, _ in t.receive("trainer-0", count=10, block_ms=10)] == [ids[3], done["id"]]
+    assert [i for i, _ in t.receive("trainer-0", count=10, block_ms=10)[0]] == [ids[3], done["id"]]
     assert t.stats()["added"] == 5
 
 

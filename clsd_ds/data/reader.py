@@ -56,9 +56,7 @@ class DataConfig:
     on_corrupt: Literal["error", "skip"] = "error"  # skip: drop the shard, log it, count it
     seed: int = 0
 
-    def validate(self) -> None:
-        if not self.train:
-            raise ConfigError("field 'data.train': a shard directory is required")
+    def validate(self) -> None:  # data.train is required by the stages that read shards (RunConfig.validate)
         if self.num_workers < 0:
             raise ConfigError(f"field 'data.num_workers': expected >= 0, got {self.num_workers}")
 

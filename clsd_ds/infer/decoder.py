@@ -17,6 +17,11 @@ tokens the way Stage C trains them to be read (the verifier's prediction after t
 second verifier pass per cycle; its first token is the verifier's own next token. With ``adaptive_block`` the block
 length of the next cycle follows acceptance: k = clip(2^ceil(log2(2·ā)), min_block_len, K), ā an exponential average
 (weight 1/2) of the draft tokens accepted per cycle, starting from K — drafting and verifying cost ∝ N·k.
+
+With a ``policy`` (the shadow loop, ``shadow/policy.py``) the DiT samples stochastically — Gaussian Euler steps and,
+for a token-objective drafter, tokens drawn from its logits at the policy's temperature — and, when ``trace`` is a
+list, every cycle appends what the trainer needs to recompute the chosen block's log-probability: the prefix length,
+the block's states and tokens, its log-probability and how many of its tokens were accepted.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from transformers import Qwen3_5ForCausalLM
 from ..config import ConfigError
 from ..dit import CausalDiT
 from ..flow import Readout, draw_source, sample_block
+from ..shadow.policy import sample as policy_sample
 from ..verifier import nearest_tokens
 from ..verifier_state import LayerStates, Prefix, continue_pass, prefix_pass
 from . import acceptance
@@ -120,9 +126,13 @@ class SpeculativeDecoder:
     after each cycle)."""
 
     def __init__(self, lm: Qwen3_5ForCausalLM, drafter: CausalDiT, cfg: DecodeConfig,
-                 embedding: torch.Tensor | None = None):
-        """``embedding``: the verifier's embedding matrix, when the verifier's own is partitioned (ZeRO-3)."""
+                 embedding: torch.Tensor | None = None, policy=None):
+        """``embedding``: the verifier's embedding matrix, when the verifier's own is partitioned (ZeRO-3);
+        ``policy``: a ``shadow.policy.PolicyConfig`` to sample the DiT stochastically (module docstring)."""
         cfg.validate()
+        self.policy, self.trace, self._block = policy, None, None
+        if policy is not None and (cfg.candidates != "noise" or not isinstance(drafter, CausalDiT)):
+            raise ConfigError("a decoding policy samples a DiT's blocks; it needs decode.candidates noise")
         check_pair(drafter, lm)
         self.lm, self.drafter, self.cfg = lm.eval(), drafter.eval(), cfg
         self.K = cfg.block_len or drafter.cfg.block_len
@@ -140,7 +150,8 @@ class SpeculativeDecoder:
             if cfg.candidates == "lattice" and self.reading != "logits":
                 raise ConfigError(f"field 'decode.candidates': 'lattice' branches the drafter's own distributions, "
                                   f"which the logits reading has; this decoder reads by {self.reading}")
-            if cfg.candidates == "noise" and cfg.num_candidates > 1 and drafter.flow.source == "mask":
+            if cfg.candidates == "noise" and cfg.num_candidates > 1 and drafter.flow.source == "mask" and \
+                    policy is None:  # (a policy samples every candidate's tokens)
                 raise ConfigError(f"field 'decode.num_candidates': {cfg.num_candidates} noise candidates of a drafter "
                                   f"trained with flow.source mask are one draft repeated; use decode.candidates "
                                   f"lattice (or num_candidates 1)")
@@ -189,6 +200,12 @@ class SpeculativeDecoder:
             anchor = F.embedding(own[:rows, 0], self.embedding) / scale
         readout = Readout(self.lm.lm_head, self.embedding, scale) if dit.flow.objective == "tokens" else None
         x0 = draw_source(dit.flow, (rows, k, d), self.generator, device=h.device, dtype=self.embedding.dtype)
+        if self.policy is not None:
+            self._block = policy_sample(lambda x, t: dit(x, t, cond, prefix), x0, dit.flow, self.euler_steps,
+                                        self.policy, anchor, readout, self.generator,
+                                        lambda x: nearest_tokens(x.to(self.embedding.dtype) * scale, self.embedding))
+            tokens = self._block.tokens
+            return torch.cat([own, tokens[:, 1:]], 1) if dit.flow.anchor else tokens
         x1, logits = sample_block(lambda x, t: dit(x, t, cond, prefix), x0, dit.flow, self.euler_steps, anchor,
                                   readout)
         drafts = x1.to(self.embedding.dtype) * scale
@@ -251,6 +268,9 @@ class SpeculativeDecoder:
             t1 = time.perf_counter()
             n, a, nxt = self.accept(self.verify(tokens, shared, length, h), tokens)
             t2 = time.perf_counter()
+            if self.trace is not None and self._block is not None:
+                self.trace.append({"length": length, "states": self._block.states[:, n], "tokens": tokens[n].tolist(),
+                                   "logp": float(self._block.logp[n]), "accepted": a})
             new = tokens[n, :a].tolist() + [nxt]
             if eos_id is not None and eos_id in new:
                 new = new[: new.index(eos_id) + 1]

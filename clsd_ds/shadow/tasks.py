@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
@@ -63,3 +64,30 @@ def read_tasks(path: str | Path, split: str | None = None) -> list[dict]:
         if split is None or task["split"] == split:
             out.append(task)
     return out
+
+
+@dataclass
+class TasksConfig:
+    out: str = "tasks.jsonl"
+    count: int = 400
+    heldout: int = 100
+    seed: int = 1234
+    exclude: str | None = None  # a training corpus (JSONL with a ``text`` field, or text): its questions left out
+
+
+def write_task_set(cfg: TasksConfig) -> dict:
+    """``clsd-ds shadow-tasks``: the task set at ``cfg.out``; a summary of its splits and kinds."""
+    text = ""
+    if cfg.exclude:
+        path = Path(cfg.exclude)
+        if not path.is_file():
+            raise ConfigError(f"field 'exclude': no file {path}")
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if path.suffix == ".jsonl":
+            text = "\n".join(json.loads(line).get("text", "") for line in text.splitlines() if line.strip())
+    tasks = make_tasks(cfg.count, cfg.heldout, cfg.seed, text)
+    write_tasks(cfg.out, tasks)
+    kinds: dict[str, int] = {}
+    for t in tasks:
+        kinds[t["kind"]] = kinds.get(t["kind"], 0) + 1
+    return {"out": cfg.out, "train": cfg.count - cfg.heldout, "heldout": cfg.heldout, "kinds": kinds}

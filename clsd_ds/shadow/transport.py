@@ -3,8 +3,8 @@
 Keys, under ``prefix`` (default ``clsd``):
     <p>:trajectories   stream of trajectories (field ``data``: JSON), at most ``max_len`` entries: adding to a full
                        stream trims the oldest (counted as ``dropped_full`` in <p>:stats, with ``added``)
-    group ``trainers`` on it: a trainer reads its own pending entries first (those it read before a crash), then new
-                       ones; an entry is acknowledged only when the update that used it is checkpointed
+    group ``trainers`` on it: a restarted trainer first pages through its own pending entries (read before a crash),
+                       then reads new ones; an entry is acknowledged only once the update that used it is checkpointed
     <p>:stats          hash of counters: added, dropped_full, dropped_trimmed (pending entries trimmed before use),
                        rejected:<reason> (trajectories the trainer refused), versions
     <p>:drafter        hash of the latest drafter version: version, path, sha256, time; written last, after the
@@ -100,21 +100,19 @@ class Transport:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def receive(self, consumer: str, count: int, block_ms: int = 1000) -> list[tuple[str, dict | None]]:
-        """Up to ``count`` entries for ``consumer``: its pending ones first (read before a crash, not acknowledged),
-        then new ones (waiting up to ``block_ms``). An entry whose data could not be read is (id, None): trimmed
-        while pending (counted), or not JSON (the caller rejects it)."""
-        out = self._read(consumer, count, "0")
-        if not out:
-            out = self._read(consumer, count, ">", block_ms)
-        return out
-
-    def _read(self, consumer: str, count: int, start: str, block_ms: int | None = None):
-        reply = self.client.xreadgroup(GROUP, consumer, {self.stream: start}, count=count, block=block_ms)
-        out = []
+    def receive(self, consumer: str, count: int, block_ms: int = 1000,
+                pending_after: str | None = None) -> tuple[list[tuple[str, dict | None]], str | None]:
+        """(entries, the last id read) for ``consumer``: up to ``count`` new entries, waiting up to ``block_ms``;
+        with ``pending_after``, instead its own pending entries after that id (read before a crash and never
+        acknowledged: a restarted trainer pages through them first, from "0"). An entry trimmed while pending is
+        counted and skipped; one whose data is not JSON is (id, None), for the caller to reject."""
+        start = ">" if pending_after is None else pending_after
+        reply = self.client.xreadgroup(GROUP, consumer, {self.stream: start}, count=count,
+                                       block=block_ms if pending_after is None else None)
+        out, last = [], None
         for _, entries in reply or []:
             for entry_id, fields in entries:
-                entry_id = entry_id.decode()
+                last = entry_id = entry_id.decode()
                 if not fields:  # pending, but trimmed from the stream before it was used
                     self.client.hincrby(self.stats_key, "dropped_trimmed", 1)
                     self.client.xack(self.stream, GROUP, entry_id)
@@ -123,7 +121,7 @@ class Transport:
                     out.append((entry_id, json.loads(fields[b"data"])))
                 except (KeyError, ValueError):
                     out.append((entry_id, None))
-        return out
+        return out, last
 
     def ack(self, ids: list[str]) -> None:
         if ids:

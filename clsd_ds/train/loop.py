@@ -17,6 +17,11 @@ WarmupCosineLR), gradient accumulation, the data stream and its exact position, 
                            saves and leaves for a requeue
     finish                 final evaluation, export, exit.json                        (_finish)
 
+A task may bring its own batches (``task.batch_source``, the shadow loop's Redis stream) instead of shards: then
+the source's ``state_dict`` is what a checkpoint records, its ``saved(step, export)`` runs after every checkpoint
+(to acknowledge what the checkpoint now covers and publish a version), and a stop signal that arrives while it waits
+for data (it raises ``StopWaiting``) checkpoints and leaves as at a step boundary.
+
 Randomness in a step comes from ``seeding.step_generator`` (seed, step, rank, micro-step): a resumed run draws
 exactly what an uninterrupted one would, with no RNG state to carry.
 """
@@ -109,6 +114,10 @@ class LogConfig:
     progress: bool = True  # tqdm bar on rank 0
 
 
+class StopWaiting(Exception):
+    """Raised by a task's own batch source when a stop was requested while it waited for data."""
+
+
 class Resumed(NamedTuple):
     """Where a start of the run begins: from scratch, or from a checkpoint."""
 
@@ -151,6 +160,9 @@ class Trainer:
         try:
             while p.step < self.cfg.steps:
                 grad_norm = self._train_step(p)
+                if grad_norm is None:  # stopped while waiting for data: nothing applied, checkpoint and leave
+                    self._save_or_stop(p)
+                    return p.summary
                 self._log(p, grad_norm)
                 self._evaluate_due(p)
                 if self._save_or_stop(p):
@@ -165,14 +177,17 @@ class Trainer:
         self.micro, self.accum = micro_batching(self.cfg.batch_size, self.cfg.micro_batch_size, d.world_size)
         ds_config, use_ds_opt = build_ds_config(self.cfg.ds_config, self.optim, self.cfg.batch_size, self.micro,
                                                 self.accum)
-        manifest = Manifest.read(self.data_cfg.train)
-        self.task.check_data(manifest, self.data_cfg.train)
-        val_manifest = Manifest.read(self.data_cfg.val) if self.data_cfg.val else None
-        if val_manifest is not None:
-            self.task.check_data(val_manifest, self.data_cfg.val)
+        source = getattr(self.task, "batch_source", None)  # a task that brings its own batches (the shadow loop)
+        manifest = val_manifest = None
+        if source is None:
+            manifest = Manifest.read(self.data_cfg.train)
+            self.task.check_data(manifest, self.data_cfg.train)
+            val_manifest = Manifest.read(self.data_cfg.val) if self.data_cfg.val else None
+            if val_manifest is not None:
+                self.task.check_data(val_manifest, self.data_cfg.val)
         self.task.setup(d, compute_dtype(ds_config), manifest)
         self.flops_per_token = self.task.flops_per_token()  # before ZeRO-3 partitions the parameters
-        self.tokens_per_step = self.cfg.batch_size * manifest.block_len
+        self.tokens_per_step = self.cfg.batch_size * (manifest.block_len if manifest else self.task.block_len)
         restart = 0
         if d.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +205,8 @@ class Trainer:
             if val_manifest else []
         self.evaluator = Evaluator(self.task, val, self.cfg, self.seed, d, self.run_dir, self._export) if val else None
         self.loader = ShardLoader(self.data_cfg, self.data_cfg.train, self.micro, d.rank, d.world_size,
-                                  state=resumed.data_state, pin_memory=d.device.type == "cuda")
+                                  state=resumed.data_state, pin_memory=d.device.type == "cuda") if source is None \
+            else source(self.micro, d, resumed.data_state, self.stop, self.run_dir)
         self.log = MetricsLog(self.run_dir, d.is_main, self.cfg.steps, resumed.step, self.log_cfg.progress,
                               self.log_cfg, self.config_dict, restart=restart)
         if resumed.note:
@@ -243,6 +259,9 @@ class Trainer:
         step, samples, d = client["step"], client["samples"], self.dist
         saved = client["data"][0]
         note = f"resumed from {self.ckpt_dir / tag} at step {step}"
+        if getattr(self.task, "batch_source", None) is not None:  # the task's own source restores itself
+            return Resumed(step, samples, client["data"][d.rank] if client["world_size"] == d.world_size else None,
+                           note)
         if (saved["world_size"], saved["num_workers"]) == (d.world_size, max(1, self.data_cfg.num_workers)):
             return Resumed(step, samples, client["data"][d.rank], note)
         stream = ShardStream(self.data_cfg.train, self.micro, d.rank, d.world_size, self.data_cfg.num_workers,
@@ -253,14 +272,20 @@ class Trainer:
         return Resumed(step, samples, stream.position_after(samples), note)
 
     # -- one optimizer step ---------------------------------------------------------------------------------
-    def _train_step(self, p: Progress) -> float:
+    def _train_step(self, p: Progress) -> float | None:
         """``accum`` micro-batches and the optimizer step; returns the global gradient norm (the same on every
-        rank). A non-finite loss on any rank: stop with a checkpoint, or draw another micro-batch (``skip``)."""
+        rank), or None when a task's own source was stopped (a signal) while it waited for the step's first batch.
+        A non-finite loss on any rank: stop with a checkpoint, or draw another micro-batch (``skip``)."""
         d, engine = self.dist, self.engine
         step_start = self.loader.state_dict()
         m = attempt = 0
         while m < self.accum:
-            batch = to_device(next(self.loader), d.device)
+            try:
+                batch = to_device(next(self.loader), d.device)
+            except StopWaiting:
+                if m == 0:
+                    return None
+                raise
             gen = step_generator(self.seed, p.step, d.rank, m + 1000 * attempt, d.device)
             loss, metrics = self.task.loss(engine, batch, gen, p.step)
             if m == attempt == 0 and faults.planned("nan_loss", p.step + 1, d.rank):
@@ -335,6 +360,9 @@ class Trainer:
         if stopping or due:
             p.last_save_s = self._save(p.step, p.samples, self.loader.state_dict())
             p.window_start += p.last_save_s
+            saved = getattr(self.loader, "saved", None)  # a task's own source: what the checkpoint now covers
+            if saved is not None:
+                saved(p.step, lambda out_dir: self._export(self.engine, out_dir))
         if not stopping:
             return False
         p.summary.update(exit="requeue", end_step=p.step, save_s=p.last_save_s)

@@ -11,6 +11,8 @@ from ..config import ConfigError, to_dict
 from ..data.reader import DataConfig
 from ..dit import DiTConfig
 from ..flow import FlowConfig
+from ..shadow.policy import PolicyConfig
+from ..shadow.trainer import ShadowConfig
 from ..verifier import Verifier, VerifierConfig, check_checkpoint_dir
 from .distributed import init_distributed
 from .ds_config import compute_dtype, is_zero3, read_ds_config
@@ -31,6 +33,8 @@ class RunConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     stage_c: StageCConfig = field(default_factory=StageCConfig)
     ar: ARDrafterConfig = field(default_factory=ARDrafterConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)  # stage shadow: the sampler's policy and the loss
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)  # stage shadow: where the trajectories come from
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -41,12 +45,17 @@ class RunConfig:
             raise ConfigError(f"field 'stage': expected one of {', '.join(STAGES)}, got {self.stage!r}; the "
                               f"stages:\n{stage_help()}")
         stage = STAGES[self.stage]
+        if not self.data.train and self.stage != "shadow":  # the shadow trainer reads Redis, not shards
+            raise ConfigError("field 'data.train': a shard directory is required")
         if self.stage == "lm" and self.verifier.random_init is None:
             raise ConfigError("stage 'lm' pretrains a new verifier: set 'verifier.random_init' (its architecture)")
         if self.stage == "c" and (self.flow.anchor or self.flow.objective != "velocity"):
             raise ConfigError("fields 'flow.anchor' / 'flow.objective': Stage C trains the seed's velocity drafter "
                               "through the verifier; an anchored or token-objective drafter is trained in Stage A "
                               "(its CE already reads the drafts through the verifier's head)")
+        if self.stage == "shadow" and self.init_from is None:
+            raise ConfigError("stage 'shadow' improves a trained drafter: set 'init_from' (an exported DiT or a run "
+                              "directory)")
         if not stage.trains_drafter and (self.train.tau_prompts or self.train.keep_best_tau):
             raise ConfigError(f"fields 'train.tau_prompts' / 'train.keep_best_tau': stage {self.stage!r} trains no "
                               f"drafter, so there is no τ to measure")

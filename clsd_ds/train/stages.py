@@ -5,7 +5,8 @@ A stage is a name, a one-line summary, the config sections it reads besides the 
 ``data``, ``optim``, ``train``, ``log``), whether it trains a drafter (then τ during training applies), and a
 factory ``build(cfg, verifier) -> Task``. A *task* (the ``Task`` protocol) is everything the training loop
 calls: the trainable module, the data check, device placement, the loss, FLOPs per token, the export and, for
-drafters, the speculative decoder that measures τ.
+drafters, the speculative decoder that measures τ. A task that brings its own batches (the shadow trainer's
+``batch_source``, from Redis) reads no shards, so the loop calls no ``check_data`` for it.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def _lm(cfg, verifier: Verifier) -> Task:
     return LMTask(verifier.lm)
 
 
+def _shadow(cfg, verifier: Verifier) -> Task:
+    from ..shadow.trainer import ShadowTask
+
+    return ShadowTask(initial_dit(verifier, cfg), verifier, cfg.policy, cfg.shadow)
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("a", "Stage A: rectified flow of the DiT grafted from the verifier", ("dit", "flow", "init_from"), True,
           _stage_a),
@@ -93,6 +100,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("ar", "the autoregressive (EAGLE-style) baseline drafter, on the same shards", ("ar",), True, _ar),
     Stage("lm", "next-token pretraining of a small random-init verifier (the embedded default's fixture)", (), False,
           _lm),
+    Stage("shadow", "the shadow loop's trainer: GRPO on the primary's verified rollouts, read from Redis, "
+          "init_from a trained DiT", ("init_from", "policy", "shadow"), False, _shadow),
 ]}
 
 
