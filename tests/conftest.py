@@ -51,6 +51,25 @@ def verifier_dir(workdir, tokenizer_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def shadow_files(verifier_dir, tmp_path_factory) -> Path:
+    """The shadow loop's fixture: a starting drafter (the recipe's flow: anchor, tokens objective, one step from
+    the mask; random weights, as the loop must work whatever its τ) and a task set."""
+    from clsd_ds.dit import DiTConfig, save_dit
+    from clsd_ds.flow import FlowConfig
+    from clsd_ds.graft import graft
+    from clsd_ds.shadow.tasks import make_tasks, write_tasks
+
+    base = tmp_path_factory.mktemp("shadow")
+    verifier = Verifier.load(VerifierConfig(path=str(verifier_dir)))
+    torch.manual_seed(0)
+    dit = graft(verifier, DiTConfig(num_layers=2, block_len=8, prefix_state=True))
+    flow = FlowConfig(anchor=True, objective="tokens", euler_steps=1, t_sampling="euler_grid", source="mask")
+    save_dit(dit.state_dict(), dit.text_config, dit.cfg, base / "drafter", flow)
+    write_tasks(base / "tasks.jsonl", make_tasks(12, heldout=4))
+    return base
+
+
 def make_shards(out: Path, tokenizer_dir: Path, **kw) -> dict:
     cfg = dict(input=[str(out.parent / "corpus.jsonl")], out=str(out), tokenizer=str(tokenizer_dir),
                block_len=BLOCK, prefix_len=PREFIX, shard_samples=60, val_fraction=0.1, shuffle_buffer=200)

@@ -15,33 +15,14 @@ import pytest
 import torch
 from conftest import REPO
 
-from clsd_ds.dit import DiTConfig, save_dit
-from clsd_ds.flow import FlowConfig
-from clsd_ds.graft import graft
 from clsd_ds.shadow import redis_server
 from clsd_ds.shadow.redis_server import RedisServer
-from clsd_ds.shadow.tasks import make_tasks, write_tasks
 from clsd_ds.shadow.trajectory import FORMAT, VERSION, encode
 from clsd_ds.shadow.transport import Transport
-from clsd_ds.verifier import Verifier, VerifierConfig
 
 WHY = redis_server.available()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=str(WHY))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", WANDB_MODE="offline")
-
-
-@pytest.fixture(scope="module")
-def loop_files(verifier_dir, tmp_path_factory):
-    """A starting drafter (the recipe's flow: anchor, tokens objective, one step from the mask; random weights, as
-    the loop must work whatever its τ) and a task set."""
-    base = tmp_path_factory.mktemp("shadow")
-    verifier = Verifier.load(VerifierConfig(path=str(verifier_dir)))
-    torch.manual_seed(0)
-    dit = graft(verifier, DiTConfig(num_layers=2, block_len=8, prefix_state=True))
-    flow = FlowConfig(anchor=True, objective="tokens", euler_steps=1, t_sampling="euler_grid", source="mask")
-    save_dit(dit.state_dict(), dit.text_config, dit.cfg, base / "drafter", flow)
-    write_tasks(base / "tasks.jsonl", make_tasks(12, heldout=4))
-    return base
 
 
 @pytest.fixture
@@ -108,11 +89,11 @@ def stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def test_trainer_killed_mid_run_resumes_and_uses_every_trajectory_exactly_once(loop_files, verifier_dir, server,
+def test_trainer_killed_mid_run_resumes_and_uses_every_trajectory_exactly_once(shadow_files, verifier_dir, server,
                                                                                tmp_path):
     steps, run_dir = 6, tmp_path / "trainer"
-    p = primary(loop_files, verifier_dir, server.url, tmp_path / "primary")
-    t = trainer(loop_files, verifier_dir, server.url, run_dir, steps)
+    p = primary(shadow_files, verifier_dir, server.url, tmp_path / "primary")
+    t = trainer(shadow_files, verifier_dir, server.url, run_dir, steps)
     try:
         wait_for(lambda: lines(run_dir / "used.jsonl"), "the first checkpoint")  # step 2 checkpointed
         wait_for(lambda: trained_steps(run_dir) >= 3, "an update after it")
@@ -123,7 +104,7 @@ def test_trainer_killed_mid_run_resumes_and_uses_every_trajectory_exactly_once(l
         drafted = len(lines(tmp_path / "primary" / "metrics.jsonl"))
         wait_for(lambda: len(lines(tmp_path / "primary" / "metrics.jsonl")) >= drafted + 2,
                  "the primary drafting on while the trainer is down", 60)
-        t = trainer(loop_files, verifier_dir, server.url, run_dir, steps)  # the same run directory: resume
+        t = trainer(shadow_files, verifier_dir, server.url, run_dir, steps)  # the same run directory: resume
         assert finish(t, run_dir.with_suffix(".log")) == 0
         ids = ledger_ids(run_dir)
         assert len(ids) == len(set(ids)) == steps  # batch 1: one trajectory per update, each used once
@@ -139,10 +120,10 @@ def test_trainer_killed_mid_run_resumes_and_uses_every_trajectory_exactly_once(l
         stop(t)
 
 
-def test_redis_restart_under_both_roles_loses_nothing(loop_files, verifier_dir, server, tmp_path):
+def test_redis_restart_under_both_roles_loses_nothing(shadow_files, verifier_dir, server, tmp_path):
     steps, run_dir = 4, tmp_path / "trainer"
-    p = primary(loop_files, verifier_dir, server.url, tmp_path / "primary")
-    t = trainer(loop_files, verifier_dir, server.url, run_dir, steps)
+    p = primary(shadow_files, verifier_dir, server.url, tmp_path / "primary")
+    t = trainer(shadow_files, verifier_dir, server.url, run_dir, steps)
     try:
         wait_for(lambda: trained_steps(run_dir) >= 1, "a first update")
         sent = lines(tmp_path / "primary" / "metrics.jsonl")[-1]["sent"]
@@ -161,21 +142,21 @@ def test_redis_restart_under_both_roles_loses_nothing(loop_files, verifier_dir, 
         stop(t)
 
 
-def test_primary_killed_the_trainer_drains_waits_and_a_new_primary_continues(loop_files, verifier_dir, server,
+def test_primary_killed_the_trainer_drains_waits_and_a_new_primary_continues(shadow_files, verifier_dir, server,
                                                                              tmp_path):
     steps, run_dir = 4, tmp_path / "trainer"
-    p = primary(loop_files, verifier_dir, server.url, tmp_path / "primary")
+    p = primary(shadow_files, verifier_dir, server.url, tmp_path / "primary")
     wait_for(lambda: len(lines(tmp_path / "primary" / "metrics.jsonl")) >= 2, "two trajectories")
     p.send_signal(signal.SIGKILL)
     p.wait()
     sent = Transport(server.url).stats()["added"]
     assert sent < steps
-    t = trainer(loop_files, verifier_dir, server.url, run_dir, steps)
+    t = trainer(shadow_files, verifier_dir, server.url, run_dir, steps)
     try:
         wait_for(lambda: trained_steps(run_dir) >= sent, "the trainer draining what is there")
         time.sleep(3)
         assert t.poll() is None and trained_steps(run_dir) == sent  # waiting, not crashed
-        p = primary(loop_files, verifier_dir, server.url, tmp_path / "primary2")
+        p = primary(shadow_files, verifier_dir, server.url, tmp_path / "primary2")
         assert finish(t, run_dir.with_suffix(".log")) == 0
         assert len(set(ledger_ids(run_dir))) == steps
     finally:
@@ -183,7 +164,7 @@ def test_primary_killed_the_trainer_drains_waits_and_a_new_primary_continues(loo
         stop(t)
 
 
-def test_bad_trajectories_are_refused_with_a_reason_and_the_trainer_goes_on(loop_files, verifier_dir, server,
+def test_bad_trajectories_are_refused_with_a_reason_and_the_trainer_goes_on(shadow_files, verifier_dir, server,
                                                                             tmp_path):
     run_dir, transport = tmp_path / "trainer", Transport(server.url)
     block = {"length": 3, "states": encode(torch.zeros(2, 4, 64)), "tokens": [1, 2, 3, 4], "logp": -1.0,
@@ -198,7 +179,7 @@ def test_bad_trajectories_are_refused_with_a_reason_and_the_trainer_goes_on(loop
     transport.client.xadd(transport.stream, {"data": json.dumps(good)[:-40]})  # cut off mid-JSON
     for bad in (wrong_shape, unknown, truncated, good, good):
         transport.send(bad)
-    t = trainer(loop_files, verifier_dir, server.url, run_dir, 2)
+    t = trainer(shadow_files, verifier_dir, server.url, run_dir, 2)
     assert finish(t, run_dir.with_suffix(".log")) == 0
     stats = transport.stats()
     assert {k: v for k, v in stats.items() if k.startswith("rejected:")} == {
@@ -206,3 +187,20 @@ def test_bad_trajectories_are_refused_with_a_reason_and_the_trainer_goes_on(loop
         "rejected:truncated": 1}
     assert len(ledger_ids(run_dir)) == 2 and stats["pending"] == 0
     assert "refused: wrong_shape" in run_dir.with_suffix(".log").read_text()
+
+
+def test_the_one_machine_launcher_runs_redis_primary_and_trainer_and_stops_them(shadow_files, verifier_dir, tmp_path):
+    run = tmp_path / "run"
+    env = dict(ENV, VERIFIER=str(verifier_dir), DRAFTER=str(shadow_files / "drafter"),
+               TASKS=str(shadow_files / "tasks.jsonl"), RUN=str(run),
+               PRIMARY_OVERRIDES="rollouts=2 decode.max_new_tokens=8 decode.block_len=4 sandbox.wall_s=5")
+    done = subprocess.run(["bash", "launch/shadow_local.sh", "train.steps=2", "train.batch_size=1",
+                           "train.save_every=1", "train.ds_config=ds_configs/cpu_zero1.json", "log.progress=false",
+                           "shadow.poll_ms=200"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert len(set(ledger_ids(run))) == 2 and (run / "versions" / "v2").is_dir()
+    assert lines(run / "primary" / "metrics.jsonl") and "stopping the primary, then redis" in done.stdout
+    port = done.stdout.split("redis at redis://127.0.0.1:")[1].split("/")[0]
+    with pytest.raises(redis_server.redis.ConnectionError):  # Redis is down, and nothing of the loop is left
+        redis_server.redis.Redis(port=int(port), socket_connect_timeout=1).ping()
+    assert "Redis is now ready to exit" in (run / "redis" / "redis.log").read_text()

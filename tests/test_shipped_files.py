@@ -16,12 +16,14 @@ from clsd_ds.data.distill import DistillConfig
 from clsd_ds.shipped import PACKAGE
 from clsd_ds.train.ds_config import build_ds_config, read_ds_config
 from clsd_ds.train.loop import OptimConfig
+from clsd_ds.shadow.primary import PrimaryConfig
 from clsd_ds.train.run import RunConfig
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (PACKAGE / "configs").glob("*.yaml")))
 def test_configs_load(name):
     cls = {"prepare": PrepareConfig, "distill": DistillConfig}.get(name.split("_")[0], RunConfig)
+    cls = PrimaryConfig if name.startswith("shadow_primary") else cls
     cfg = load_config(cls, f"configs/{name}")  # the shipped name, from any directory
     cfg.validate()
     if name == "stage_a_9b.yaml":
@@ -29,6 +31,10 @@ def test_configs_load(name):
         assert cfg.optim.lr == 1e-4
     if name == "stage_c_9b.yaml":
         assert cfg.stage == "c" and cfg.init_from and cfg.stage_c.beta_start == 0.1
+    if name == "shadow_trainer_9b.yaml":
+        assert cfg.stage == "shadow" and cfg.init_from and cfg.train.save_every == 20
+    if name == "shadow_primary_9b.yaml":
+        assert cfg.decode.acceptance == "guillotine" and cfg.decode.num_candidates == 1 and cfg.rollouts == 8
     if name == "stage_a_recipe_9b.yaml":
         assert cfg.dit.prefix_state and cfg.flow.anchor and cfg.flow.objective == "tokens" and cfg.flow.euler_steps == 1
 

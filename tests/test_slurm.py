@@ -71,3 +71,45 @@ def test_stage_c_job_is_signalled_requeued_and_ends_as_the_uninterrupted_run(
     assert same_weights(replicate_run, run_dir)
     a, b = train_losses(replicate_run), train_losses(run_dir)
     assert [b[s] for s in range(1, C_STEPS + 1)] == [a[s] for s in range(1, C_STEPS + 1)]
+
+
+def test_shadow_loop_as_two_jobs_that_share_a_redis_address(slurm, shadow_files, verifier_dir, tmp_path):
+    """slurm/shadow_primary.sh (Redis with a password + the primary) and slurm/shadow_trainer.sh (after it starts,
+    reading RUN/redis.url): the trainer job finishes its updates from the primary's trajectories; scancel then
+    stops the primary and Redis."""
+    import yaml
+
+    from clsd_ds.shadow import redis_server
+
+    if redis_server.available() is not None:
+        pytest.skip(redis_server.available())
+    run = tmp_path / "shadow"
+    primary_cfg, trainer_cfg = tmp_path / "primary.yaml", tmp_path / "trainer.yaml"
+    primary_cfg.write_text(yaml.safe_dump({
+        "verifier": {"path": str(verifier_dir)}, "drafter": str(shadow_files / "drafter"),
+        "tasks": str(shadow_files / "tasks.jsonl"), "rollouts": 2, "sandbox": {"wall_s": 5.0},
+        "decode": {"num_candidates": 1, "acceptance": "guillotine", "max_new_tokens": 8, "block_len": 4}}))
+    trainer_cfg.write_text(yaml.safe_dump({
+        "stage": "shadow", "init_from": str(shadow_files / "drafter"), "verifier": {"path": str(verifier_dir)},
+        "shadow": {"poll_ms": 200}, "log": {"progress": False},
+        "train": {"steps": 2, "batch_size": 1, "save_every": 1, "ds_config": "ds_configs/cpu_zero1.json"}}))
+    env = {"RUN": str(run), "PORT": str(redis_server.free_port()), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    one_cpu = ["--ntasks=1", "--cpus-per-task=1", "--gpus-per-node=0", "--time=30"]
+    primary = slurm.sbatch([*one_cpu, f"--output={tmp_path}/primary-%j.out", "slurm/shadow_primary.sh"],
+                           env={**env, "CONFIG": str(primary_cfg)}, cwd=REPO)
+    trainer = slurm.sbatch([*one_cpu, "--ntasks-per-node=1", f"--dependency=after:{primary}",
+                            f"--output={tmp_path}/trainer-%j.out", "slurm/shadow_trainer.sh"],
+                           env={**env, "CONFIG": str(trainer_cfg)}, cwd=REPO)
+    info = slurm.wait(trainer, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
+    log = (tmp_path / f"trainer-{trainer}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log + (tmp_path / f"primary-{primary}.out").read_text()
+    ledger = [i for line in (run / "used.jsonl").read_text().splitlines() for i in json.loads(line)["ids"]]
+    assert len(set(ledger)) == 2 and (run / "versions" / "v2").is_dir()
+    url = (run / "redis.url").read_text()
+    assert oct((run / "redis.url").stat().st_mode)[-3:] == "600" and url.startswith("redis://:")
+    slurm.run(["scancel", "--signal=TERM", "--full", primary])  # the batch shell and everything in it
+    info = slurm.wait(primary, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)
+    out = (tmp_path / f"primary-{primary}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and "stopping redis" in out, out
+    assert "Redis is now ready to exit" in (run / "redis" / "redis.log").read_text()
