@@ -106,3 +106,25 @@ def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
                                                    report["sizes"]["verifier_steps"] // 4))
     assert curve[-1]["loss"] < curve[0]["loss"]
     assert (tmp_path / "out" / "levers.png").stat().st_size > 1000
+
+
+def test_shadow_loop_bench_tiny_measures_every_decoder_and_the_loop(tmp_path):
+    """bench/shadow_loop.py --tiny: the quickstart base, a task set, the verifier's greedy and best-of-N, the CLSD
+    decoder at the starting drafter and at every version the loop (Redis + primary + trainer processes) published,
+    the loop's throughput and version lag."""
+    from clsd_ds.shadow import redis_server
+
+    if redis_server.available() is not None:
+        pytest.skip(redis_server.available())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "shadow_loop.py"), "--tiny", "--run",
+                           str(tmp_path / "run"), "--out", str(tmp_path / "out" / "shadow")], env=env, cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "shadow.json").read_text())
+    assert set(report["measured"]) == {"verifier", "clsd_v0", "clsd_v1", "clsd_v2"}  # updates 2, a version each
+    assert all(0 <= v <= 1 for r in report["measured"].values() for v in r.values())
+    loop = report["loop"]
+    assert loop["versions"] == [1, 2] and loop["trajectories"] >= 2 and loop["version_lag_max"] >= 0
+    assert loop["stream"]["pending"] == 0 and [e["step"] for e in loop["train"]] == [1, 2]
+    assert (tmp_path / "out" / "shadow.png").stat().st_size > 1000

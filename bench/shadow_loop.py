@@ -1,0 +1,250 @@
+"""The shadow loop measured: does RL from objectively verified rollouts make the CLSD decoder solve more tasks?
+
+    python bench/shadow_loop.py [--run runs/shadow_bench] [--tiny] [--out bench/results/<device>-<date>-shadow]
+
+1. The base: the quickstart's pipeline (``clsd_ds/quickstart.py``: arithmetic corpus, BPE, mini verifier, the
+   recipe CLSD drafter on the verifier's distilled continuations), with the verifier trained ``verifier_steps``.
+2. A task set (``clsd-ds shadow-tasks``' generator; none of its questions in the corpus), ``heldout`` held out.
+3. Held-out solve rates, each checked in the sandbox: the verifier's greedy decoding; best-of-N sampling from the
+   verifier at T = 1 (the sample the verifier scores highest, and pass@N, whether any of the N passes); the CLSD
+   decoder of the primary (N rollouts under the policy and the guillotine rule, the one the verifier scores highest)
+   with the starting drafter and with each version the loop publishes — the same N, rule and seeds every time.
+4. The loop: Redis, ``clsd-ds shadow-primary`` and ``clsd-ds train stage=shadow`` as processes for ``updates``
+   updates (``launch/shadow_local.sh``'s pieces); from their logs: primary trajectories/s, trainer updates/s, and
+   the version lag (the newest published version minus the one a trajectory was drafted with, when it was sent).
+JSON + Markdown + PNG (solve rate against updates); a rerun reuses the base, the tasks and the measured versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from clsd_ds.graft import load_drafter
+from clsd_ds.infer.decoder import DecodeConfig
+from clsd_ds.quickstart import QuickstartConfig, quickstart
+from clsd_ds.shadow.policy import PolicyConfig
+from clsd_ds.shadow.primary import Primary, PrimaryConfig
+from clsd_ds.shadow.redis_server import RedisServer
+from clsd_ds.shadow.sandbox import Sandbox, SandboxConfig
+from clsd_ds.shadow.tasks import make_tasks, read_tasks, write_tasks
+from clsd_ds.shadow.trainer import ShadowConfig
+from clsd_ds.tiny import TINY
+from clsd_ds.verifier import VerifierConfig, document_start_id
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Plan:
+    base: QuickstartConfig
+    tasks: int = 240
+    heldout: int = 60
+    n: int = 4  # rollouts per task (the group) and the N of every best-of-N
+    tokens: int = 48  # new tokens per completion
+    updates: int = 60  # trainer updates
+    batch: int = 4  # trajectories per update
+    save_every: int = 20  # a version every this many updates (each one measured)
+    lr: float = 1e-4
+    threshold: float = 0.1  # guillotine
+    temperature: float = 1.0
+
+
+FULL = Plan(QuickstartConfig(run_dir="", verifier_steps=1500, decode_prompts=2, progress=False))
+TINY_PLAN = Plan(QuickstartConfig(run_dir="", documents=120, verifier=dict(TINY), verifier_steps=4,
+                                  distill_shards=1, clsd_steps=4, decode_prompts=1, decode_tokens=4, num_workers=0,
+                                  progress=False), tasks=10, heldout=3, n=2, tokens=6, updates=2, batch=1, save_every=1)
+
+
+def decode_cfg(plan: Plan) -> DecodeConfig:
+    return DecodeConfig(num_candidates=1, acceptance="guillotine", threshold=plan.threshold,
+                        max_new_tokens=plan.tokens, block_len=plan.base.block_len)
+
+
+def score(lm, prompt: list[int], completion: list[int]) -> float:
+    """The verifier's mean log-probability of a completion: how the best of N is chosen without the checker."""
+    if not completion:
+        return float("-inf")
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm(ids).logits[0, len(prompt) - 1:-1].float(), -1)
+    return float(logp.gather(-1, torch.tensor(completion)[:, None]).mean())
+
+
+def verifier_baselines(primary: Primary, tasks: list[dict], plan: Plan) -> dict:
+    """Greedy, best-of-N by the verifier's score and pass@N, sampling from the verifier at T = 1."""
+    lm, tok, checker = primary.verifier.lm, primary.tokenizer, primary.checker
+    greedy = best = any_pass = 0
+    for i, task in enumerate(tasks):
+        ids = [document_start_id(tok)] + tok(task["prompt"], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            g = lm.generate(torch.tensor([ids]), max_new_tokens=plan.tokens, do_sample=False)[0, len(ids):].tolist()
+            torch.manual_seed(i)
+            s = lm.generate(torch.tensor([ids] * plan.n), max_new_tokens=plan.tokens, do_sample=True,
+                            temperature=1.0, top_k=0)[:, len(ids):].tolist()
+        greedy += checker.check(task, tok.decode(g, skip_special_tokens=True)).status == "pass"
+        verdicts = [checker.check(task, tok.decode(x, skip_special_tokens=True)).status == "pass" for x in s]
+        best += verdicts[max(range(plan.n), key=lambda j: score(lm, ids, s[j]))]
+        any_pass += any(verdicts)
+    n = len(tasks)
+    return {"greedy": greedy / n, "best_of_n": best / n, "pass_at_n": any_pass / n}
+
+
+def clsd_solve_rate(primary: Primary, drafter: str, tasks: list[dict], plan: Plan) -> dict:
+    """The primary's decoding with ``drafter``: N rollouts per task, the verifier's favourite checked (and pass@N)."""
+    primary.decoder = primary._decoder(load_drafter(drafter, primary.verifier))
+    best = any_pass = 0
+    reward = 0.0
+    for i, task in enumerate(tasks):
+        group = primary.task_group(task, seed=10_000 + i)
+        scores = [score(primary.verifier.lm, group["prompt"], r["completion"]) for r in group["rollouts"]]
+        chosen = max(range(len(scores)), key=scores.__getitem__)
+        best += group["rollouts"][chosen]["reward"] == 1
+        any_pass += any(r["reward"] == 1 for r in group["rollouts"])
+        reward += sum(r["reward"] for r in group["rollouts"]) / len(group["rollouts"])
+    n = len(tasks)
+    return {"best_of_n": best / n, "pass_at_n": any_pass / n, "mean_reward": reward / n}
+
+
+def run_loop(root: Path, base: Path, tasks: Path, plan: Plan) -> dict:
+    """Redis + the primary + the trainer as processes, until the trainer has done ``plan.updates`` updates."""
+    loop = root / "loop"
+    if (loop / "exit.json").is_file():
+        return json.loads((root / "loop_summary.json").read_text())
+    server = RedisServer(root / "redis").start()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}  # this process's own (quickstart)
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", WANDB_MODE="offline")
+    verifier, drafter = base / "verifier" / "export", base / "clsd"
+    primary = subprocess.Popen([sys.executable, "-m", "clsd_ds", "shadow-primary", f"verifier.path={verifier}",
+                                f"drafter={drafter}", f"tokenizer={base / 'tokenizer'}", f"tasks={tasks}",
+                                f"rollouts={plan.n}", "decode.num_candidates=1", "decode.acceptance=guillotine",
+                                f"decode.threshold={plan.threshold}", f"decode.max_new_tokens={plan.tokens}",
+                                f"policy.temperature={plan.temperature}", f"shadow.redis={server.url}",
+                                f"out={root / 'primary'}"], cwd=REPO, env=env,
+                               stdout=open(root / "primary.log", "ab"), stderr=subprocess.STDOUT)
+    t0 = time.time()
+    done = subprocess.run([sys.executable, "-m", "clsd_ds", "train", "stage=shadow", f"init_from={drafter}",
+                           f"verifier.path={verifier}", f"shadow.redis={server.url}", f"run_dir={loop}",
+                           f"train.steps={plan.updates}", f"train.batch_size={plan.batch}",
+                           f"train.save_every={plan.save_every}", "train.log_every=1",
+                           "train.ds_config=ds_configs/cpu_zero1.json", "log.progress=false", f"optim.lr={plan.lr}",
+                           f"optim.warmup_steps={max(1, plan.updates // 10)}",
+                           f"policy.temperature={plan.temperature}"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.time() - t0
+    primary.send_signal(signal.SIGTERM)
+    primary.wait(timeout=300)
+    from clsd_ds.shadow.transport import Transport
+
+    transport = Transport(server.url)
+    published = {int(f[b"version"]): float(f[b"time"]) for _, f in transport.client.xrange(transport.versions)}
+    stats = transport.stats()
+    server.stop()
+    if done.returncode != 0:
+        raise SystemExit(f"the shadow trainer failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    sent = [json.loads(line) for line in (root / "primary" / "metrics.jsonl").read_text().splitlines()]
+    lag = [max([v for v, t in published.items() if t <= m["time"]], default=0) - m["version"] for m in sent]
+    train = [json.loads(line) for line in (loop / "metrics.jsonl").read_text().splitlines()]
+    train = [e for e in train if e["kind"] == "train"]
+    summary = {"seconds": round(seconds, 1), "trajectories": len(sent),
+               "primary_trajectories_per_s": len(sent) / (sent[-1]["time"] - sent[0]["time"]) if len(sent) > 1 else 0,
+               "trainer_updates_per_s": plan.updates / seconds, "version_lag_mean": sum(lag) / len(lag),
+               "version_lag_max": max(lag), "versions": sorted(published), "stream": stats,
+               "train": [{k: e.get(k) for k in ("step", "reward", "ratio", "clipped", "kl", "loss")} for e in train]}
+    (root / "loop_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/shadow_bench")
+    ap.add_argument("--tiny", action="store_true", help="CI sizes: a smoke run of every part")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    plan = TINY_PLAN if args.tiny else FULL
+    root, t0 = Path(args.run).resolve(), time.time()
+    base = root / "base"
+    quickstart(replace(plan.base, run_dir=str(base)))
+    tasks = root / "tasks.jsonl"
+    if not tasks.is_file():
+        write_tasks(tasks, make_tasks(plan.tasks, plan.heldout, exclude_text=(base / "corpus.jsonl").read_text()))
+    heldout = read_tasks(tasks, "heldout")
+    primary = Primary(PrimaryConfig(
+        verifier=VerifierConfig(path=str(base / "verifier" / "export")), drafter=str(base / "clsd"),
+        tokenizer=str(base / "tokenizer"), tasks=str(tasks), split="heldout", rollouts=plan.n,
+        decode=decode_cfg(plan), policy=PolicyConfig(temperature=plan.temperature), shadow=ShadowConfig(),
+        sandbox=SandboxConfig(), out=str(root / "eval_primary")), log=lambda *_: None)
+    cache = root / "measured.json"
+    measured = json.loads(cache.read_text()) if cache.is_file() else {}
+    if "verifier" not in measured:
+        measured["verifier"] = verifier_baselines(primary, heldout, plan)
+    if "clsd_v0" not in measured:
+        measured["clsd_v0"] = clsd_solve_rate(primary, str(base / "clsd"), heldout, plan)
+    cache.write_text(json.dumps(measured, indent=1))
+    loop = run_loop(root, base, tasks, plan)
+    for v in loop["versions"]:
+        if f"clsd_v{v}" not in measured:
+            measured[f"clsd_v{v}"] = clsd_solve_rate(primary, str(root / "loop" / "versions" / f"v{v}"), heldout, plan)
+            cache.write_text(json.dumps(measured, indent=1))
+    report = {"plan": {k: v for k, v in vars(plan).items() if k != "base"}, "base": vars(plan.base),
+              "heldout_tasks": len(heldout), "measured": measured, "loop": loop, "seconds": round(time.time() - t0, 1),
+              "sandbox": Sandbox(SandboxConfig()).isolation()}
+    out = Path(args.out or REPO / "bench" / "results" / f"cpu-{date.today()}-shadow{'_tiny' if args.tiny else ''}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+    out.with_suffix(".md").write_text(table(report))
+    plot(report, out.with_suffix(".png"))
+    print(table(report))
+
+
+def table(report: dict) -> str:
+    m, loop = report["measured"], report["loop"]
+    n = report["plan"]["n"]
+    lines = [f"held-out tasks: {report['heldout_tasks']}; N = {n}", "",
+             "| decoder | solve rate (the verifier's pick of N) | pass@N | mean reward |", "|---|---|---|---|",
+             f"| verifier, greedy | {m['verifier']['greedy']:.3f} | — | — |",
+             f"| verifier, sampling T 1 | {m['verifier']['best_of_n']:.3f} | {m['verifier']['pass_at_n']:.3f} | — |"]
+    for key in sorted((k for k in m if k.startswith("clsd_v")), key=lambda k: int(k[6:])):
+        r = m[key]
+        lines.append(f"| CLSD, drafter version {key[6:]} | {r['best_of_n']:.3f} | {r['pass_at_n']:.3f} | "
+                     f"{r['mean_reward']:.3f} |")
+    lines.append(f"\nloop: {loop['trajectories']} trajectories, {loop['primary_trajectories_per_s']:.3f}/s from the "
+                 f"primary; {loop['trainer_updates_per_s']:.3f} updates/s; version lag mean "
+                 f"{loop['version_lag_mean']:.2f}, max {loop['version_lag_max']}; stream {loop['stream']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = report["measured"]
+    versions = sorted(int(k[6:]) for k in m if k.startswith("clsd_v"))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(versions, [m[f"clsd_v{v}"]["best_of_n"] for v in versions], marker="o", label="CLSD (verifier's pick)")
+    ax.plot(versions, [m[f"clsd_v{v}"]["pass_at_n"] for v in versions], marker="s", label="CLSD pass@N")
+    ax.axhline(m["verifier"]["greedy"], color="gray", linestyle="--", label="verifier greedy")
+    ax.axhline(m["verifier"]["best_of_n"], color="black", linestyle=":", label="verifier best-of-N")
+    ax.set_xlabel("trainer updates")
+    ax.set_ylabel("held-out solve rate")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
