@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_cli
 
 from clsd_ds.shadow import redis_server
 from clsd_ds.shadow.redis_server import RedisServer
@@ -167,11 +167,7 @@ def test_primary_killed_the_trainer_drains_waits_and_a_new_primary_continues(sha
 def test_bad_trajectories_are_refused_with_a_reason_and_the_trainer_goes_on(shadow_files, verifier_dir, server,
                                                                             tmp_path):
     run_dir, transport = tmp_path / "trainer", Transport(server.url)
-    block = {"length": 3, "states": encode(torch.zeros(2, 4, 64)), "tokens": [1, 2, 3, 4], "logp": -1.0,
-             "accepted": 1}
-    good = {"format": FORMAT, "version": VERSION, "task": "x", "drafter_version": 0, "prompt": [1, 2, 3],
-            "rollouts": [{"completion": [5, 6], "text": "", "verdict": "fail", "reason": "", "reward": r,
-                          "cycles": [block]} for r in (0.0, 1.0)]}
+    good = good_trajectory()
     wrong_shape = json.loads(json.dumps(good))
     wrong_shape["rollouts"][0]["cycles"][0]["states"] = encode(torch.zeros(2, 4, 63))
     unknown = {**good, "drafter_version": 99}
@@ -204,3 +200,26 @@ def test_the_one_machine_launcher_runs_redis_primary_and_trainer_and_stops_them(
     with pytest.raises(redis_server.redis.ConnectionError):  # Redis is down, and nothing of the loop is left
         redis_server.redis.Redis(port=int(port), socket_connect_timeout=1).ping()
     assert "Redis is now ready to exit" in (run / "redis" / "redis.log").read_text()
+
+
+def good_trajectory(reward_pair=(0.0, 1.0)) -> dict:
+    block = {"length": 3, "states": encode(torch.zeros(2, 4, 64)), "tokens": [1, 2, 3, 4], "logp": -1.0,
+             "accepted": 1}
+    return {"format": FORMAT, "version": VERSION, "task": "x", "drafter_version": 0, "prompt": [1, 2, 3],
+            "rollouts": [{"completion": [5, 6], "text": "", "verdict": "fail", "reason": "", "reward": r,
+                          "cycles": [block]} for r in reward_pair]}
+
+
+def test_two_gloo_ranks_read_their_own_trajectories_and_the_ledger_has_all_of_them(shadow_files, verifier_dir,
+                                                                                   server, tmp_path):
+    transport, run_dir = Transport(server.url), tmp_path / "trainer"
+    sent = [transport.send(good_trajectory())[0] for _ in range(4)]
+    args = ["train", "stage=shadow", f"init_from={shadow_files / 'drafter'}", f"verifier.path={verifier_dir}",
+            f"shadow.redis={server.url}", "shadow.poll_ms=200", f"run_dir={run_dir}", "train.steps=2",
+            "train.batch_size=2", "train.save_every=1", "train.ds_config=ds_configs/cpu_zero1.json",
+            "log.progress=false"]
+    run_cli(args, nproc=2)
+    assert sorted(ledger_ids(run_dir)) == sorted(sent)  # 2 updates x 2 ranks x 1 trajectory, each once
+    assert transport.stats()["pending"] == 0
+    consumers = {c["name"].decode() for c in transport.client.xinfo_consumers(transport.stream, "trainers")}
+    assert consumers == {"trainer-0", "trainer-1"}

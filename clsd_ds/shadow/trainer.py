@@ -50,6 +50,15 @@ class ShadowConfig:
             raise ConfigError("fields 'shadow.max_len' / 'shadow.poll_ms': expected positive integers")
 
 
+def _everyone(ids: list[str]) -> list[str]:
+    """Every rank's ``ids``, concatenated in rank order (a collective: all ranks call it)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return list(ids)
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, list(ids))
+    return [i for part in parts for i in part]
+
+
 class RedisSource:
     """Batches of valid trajectories from the stream for one rank; its state is what the checkpoint covers."""
 
@@ -64,12 +73,13 @@ class RedisSource:
         retry(self.transport.join, "join")
         self.used: list[str] = []
         self.cursor: str | None = "0"  # first, this consumer's pending entries (a restart), from the start
-        if state and state.get("used"):  # covered by the checkpoint this run resumes from
-            if is_main:  # the ledger missed them if the crash came between the checkpoint and its line
-                logged = {i for line in self._ledger() for i in line["ids"]}
-                missing = [i for i in state["used"] if i not in logged]
-                if missing:
-                    self._log_used({"step": state.get("step"), "ids": missing, "on_resume": True})
+        covered = _everyone(state.get("used", []) if state else [])  # by the checkpoint this run resumes from
+        if is_main:  # the ledger missed them if the crash came between the checkpoint and its line
+            logged = {i for line in self._ledger() for i in line["ids"]}
+            missing = [i for i in covered if i not in logged]
+            if missing:
+                self._log_used({"step": None, "ids": missing, "on_resume": True})
+        if state and state.get("used"):
             retry(lambda: self.transport.ack(state["used"]), "ack")
         task.versions.update(state.get("versions", []) if state else [])
 
@@ -111,9 +121,10 @@ class RedisSource:
         """After checkpoint ``step``: export and announce it as a version, then acknowledge what it covers."""
         out = self.run_dir / "versions" / f"v{step}"
         export(out)  # every rank (ZeRO-3 gathers); rank 0 writes
+        used = _everyone(self.used)
         if self.is_main:
             retry(lambda: self.transport.publish(step, out), "publish")
-            self._log_used({"step": step, "ids": self.used})
+            self._log_used({"step": step, "ids": used})
         self.task.versions.add(step)
         retry(lambda: self.transport.ack(self.used), "ack")
         self.used = []
