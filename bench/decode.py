@@ -52,9 +52,13 @@ def main() -> None:
     root = Path(args.run)
     verifier_dir, prompts_dir = root / "verifier" / "export", root / "shards_tokens" / "val"
     runs = {}
+    # a drafter trained from the mask input drafts one block: its N > 1 candidates are the lattice's
+    fixed = json.loads((root / "clsd" / "export" / "dit_config.json").read_text())["flow"].get("source") == "mask"
+    many = "lattice" if fixed else "noise"
     cells = [("clsd", "auto", "noise", 1), ("clsd", "auto", "noise", args.candidates),
              ("clsd", "auto", "lattice", args.candidates), ("clsd", "verifier", "noise", args.candidates),
              ("ar", "auto", "noise", 1), ("ar", "auto", "noise", args.candidates)]
+    cells = [c for c in cells if not (fixed and c[0] == "clsd" and c[2] == "noise" and c[3] > 1)]
     for drafter, reading, candidates, n in cells:
         name = f"{drafter}_{reading}_{candidates}_n{n}"
         result = evaluate(EvalConfig(
@@ -68,8 +72,8 @@ def main() -> None:
         result = evaluate(EvalConfig(
             verifier=VerifierConfig(path=str(verifier_dir)), drafter=str(root / "clsd"), prompts=str(prompts_dir),
             num_prompts=args.prompts, out=f"/tmp/bench_decode/guillotine_{threshold}", device="cpu",
-            decode=DecodeConfig(num_candidates=args.candidates, max_new_tokens=args.tokens, acceptance="guillotine",
-                                threshold=threshold)))
+            decode=DecodeConfig(num_candidates=args.candidates, candidates=many, max_new_tokens=args.tokens,
+                                acceptance="guillotine", threshold=threshold)))
         runs[f"clsd_guillotine_{threshold}"] = {k: v for k, v in result.items() if k != "per_prompt"}
         print("guillotine", threshold, f"tau {result['tau']:.2f}", f"same as greedy {result['same_as_baseline']}",
               f"agrees for {result['agrees_for_mean']:.1f} tokens", flush=True)

@@ -72,9 +72,9 @@ from clsd_ds.quickstart import RECIPE, matched_ar_steps
 from clsd_ds.verifier import Verifier, VerifierConfig, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-LEVERS = RECIPE  # the quickstart's CLSD flow: anchor, tokens objective, one step at t = 0, position decay
+LEVERS = replace(RECIPE, source="noise")  # the levers as measured: anchor, tokens, one step at t = 0, decay; noise
 TWO_STEP = replace(LEVERS, euler_steps=2, train_inputs="sampler")
-MASK = replace(LEVERS, source="mask")  # one step from a fixed source: DFlash's mask input
+MASK = replace(LEVERS, source="mask")  # one step from a fixed source: DFlash's mask input (the quickstart's RECIPE)
 
 
 @dataclass

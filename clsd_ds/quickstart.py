@@ -58,6 +58,8 @@ class QuickstartConfig:
     verifier_batch: int = 16
     verifier_lr: float = 3e-3
     distill_shards: int = 4  # training shards (1,000 samples each) distilled
+    distill_anchors: int = 5  # samples per prefix from one rollout (distill anchors / anchor_stride)
+    distill_anchor_stride: int = 4
     dit_layers: int = 4
     clsd_steps: int = 200
     drafter_batch: int = 16
@@ -71,8 +73,10 @@ class QuickstartConfig:
 
 
 # The CLSD drafter's flow: the anchor clean at block position 0, logits through the verifier's head trained with CE,
-# one Euler step trained at its own t = 0, DFlash's position decay (flow.py; measured in bench/drafter_levers.py).
-RECIPE = FlowConfig(anchor=True, objective="tokens", euler_steps=1, t_sampling="euler_grid", position_decay=7.0)
+# one Euler step trained at its own t = 0 from DFlash's mask input (x0 = 1, not noise), DFlash's position decay
+# (flow.py; measured in bench/drafter_levers.py).
+RECIPE = FlowConfig(anchor=True, objective="tokens", euler_steps=1, t_sampling="euler_grid", position_decay=7.0,
+                    source="mask")
 
 
 def matched_ar_steps(verifier: Verifier, dit: DiTConfig, dit_steps: int, prefix_len: int) -> int:
@@ -141,7 +145,8 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     distilled = root / "distilled"
     stage("distilled", (distilled / "val" / MANIFEST).is_file(), lambda: {split: distill(DistillConfig(
         input=str(tokens / split), out=str(distilled / split), verifier=verifier,
-        max_shards=cfg.distill_shards if split == "train" else 0)) for split in ("train", "val")})
+        max_shards=cfg.distill_shards if split == "train" else 0, anchors=cfg.distill_anchors,
+        anchor_stride=cfg.distill_anchor_stride)) for split in ("train", "val")})
 
     common["data"] = DataConfig(train=str(distilled / "train"), val=str(distilled / "val"),
                                 num_workers=cfg.num_workers, seed=cfg.seed)
