@@ -60,7 +60,8 @@ class Plan:
     temperature: float = 1.0
 
 
-FULL = Plan(QuickstartConfig(run_dir="", verifier_steps=1500, decode_prompts=2, progress=False))
+FULL = Plan(QuickstartConfig(run_dir="", documents=4000, verifier_steps=1500, decode_prompts=2, progress=False),
+            tasks=200, heldout=40, updates=40)
 TINY_PLAN = Plan(QuickstartConfig(run_dir="", documents=120, verifier=dict(TINY), verifier_steps=4,
                                   distill_shards=1, clsd_steps=4, decode_prompts=1, decode_tokens=4, num_workers=0,
                                   progress=False), tasks=10, heldout=3, n=2, tokens=6, updates=2, batch=1, save_every=1)
