@@ -162,11 +162,12 @@ class ShadowTask:
             return None
         return Readout(self.verifier.lm.lm_head, self.embedding, self.module.cfg.embed_scale)
 
-    def _block_logps(self, model, traj: dict, device) -> tuple[list, list, list]:
+    def _block_logps(self, model, traj: dict, device) -> tuple[list, list, list, list]:
         """(log π_θ, log π_old, log π_ref) of every drafted block of the trajectory's rollouts, and each block's
         rollout index."""
         flow, lm, scale = self.module.flow, self.verifier.lm, self.module.cfg.embed_scale
         prompt, new, old, ref, owner = traj["prompt"], [], [], [], []
+        readout = self.readout()
         for j, rollout in enumerate(traj["rollouts"]):
             text = torch.tensor([prompt + rollout["completion"]], device=device)
             for c in rollout["cycles"]:
@@ -178,10 +179,10 @@ class ShadowTask:
                 block = Block(decode(c["states"]).to(device)[:, None], torch.tensor([c["tokens"]], device=device),
                               torch.tensor([c["logp"]], device=device))
                 ctx = (cond, prefix) if self.module.cfg.prefix_state else (cond,)
-                new.append(log_prob(lambda x, t: model(x, t, *ctx), block, flow, self.policy, anchor, self.readout()))
+                new.append(log_prob(lambda x, t: model(x, t, *ctx), block, flow, self.policy, anchor, readout))
                 with torch.no_grad():
                     ref.append(log_prob(lambda x, t: self.reference(x, t, *ctx), block, flow, self.policy, anchor,
-                                        self.readout()))
+                                        readout))
                 old.append(block.logp)
                 owner.append(j)
         return new, old, ref, owner
