@@ -69,8 +69,11 @@ def device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def run_suite(shape: str, warmup: int, reps: int, device: torch.device) -> dict:
+def run_suite(shape: str, warmup: int, reps: int, device: torch.device, grid: dict | None = None) -> dict:
+    """Every measurement at ``shape``; ``grid`` replaces its N, K or Euler steps (keys ``N``, ``K``, ``steps``)."""
     arch, layers, block, prefix, grid_n, grid_k, grid_steps, ar_tokens = SHAPES[shape]
+    grid = grid or {}
+    grid_n, grid_k, grid_steps = grid.get("N", grid_n), grid.get("K", grid_k), grid.get("steps", grid_steps)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     verifier = Verifier.load(VerifierConfig(random_init=arch), dtype=dtype, device=device)
     lm = verifier.lm.eval()

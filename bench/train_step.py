@@ -39,7 +39,8 @@ SHAPES = {  # verifier architecture, DiT layers, block length, default prefix le
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict | None:
+    """Measure one configuration; the result (rank 0; None elsewhere), also printed and written to ``--out``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["a", "c"], default="a")
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
@@ -53,7 +54,7 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--no-checkpointing", action="store_true")
     p.add_argument("--out", default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     arch, layers, block_len, prefix_len = SHAPES[args.shape]
     prefix_len = args.prefix_len or prefix_len
     vocab = arch.get("vocab_size", 248320)
@@ -75,7 +76,7 @@ def main() -> None:
         run(cfg)
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").open()]
     if torch.distributed.get_rank() != 0:
-        return
+        return None
     windows = [r for r in records if r["kind"] == "train"][1:] or [r for r in records if r["kind"] == "train"]
     step_s = statistics.median(r["step_s"] for r in windows)
     result = {
@@ -94,6 +95,7 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -123,8 +123,79 @@ def test_shadow_loop_bench_tiny_measures_every_decoder_and_the_loop(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "shadow.json").read_text())
     assert set(report["measured"]) == {"verifier", "clsd_v0", "clsd_v1", "clsd_v2"}  # updates 2, a version each
-    assert all(0 <= v <= 1 for r in report["measured"].values() for v in r.values())
+    assert all(0 <= v <= 1 for r in report["measured"].values() for v in r.values() if not isinstance(v, list))
+    n = report["heldout_tasks"]
+    verifier = report["measured"]["verifier"]
+    assert len(verifier["greedy_solved"]) == round(verifier["greedy"] * n)
+    for key in ("clsd_v0", "clsd_v1", "clsd_v2"):  # the tasks solved, by index: what greedy did not solve is counted
+        solved = report["measured"][key]["solved"]
+        assert set(solved) <= set(range(n)) and len(solved) == round(report["measured"][key]["best_of_n"] * n)
+    assert "solved, not by greedy" in (tmp_path / "out" / "shadow.md").read_text()
     loop = report["loop"]
     assert loop["versions"] == [1, 2] and loop["trajectories"] >= 2 and loop["version_lag_max"] >= 0
     assert loop["stream"]["pending"] == 0 and [e["step"] for e in loop["train"]] == [1, 2]
     assert (tmp_path / "out" / "shadow.png").stat().st_size > 1000
+
+
+def test_gpu_check_tiny_runs_every_part_in_its_own_process_and_reports_each_target(tmp_path):
+    """bench/gpu_check.py run --tiny: the GPU call's code at the quickstart's shapes; every part's fields, its
+    kernels (on this CPU: transformers' torch fallback, named) and the targets computed from them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "run", "--tiny", "--out",
+                           str(tmp_path)], env=env, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    parts = report["parts"]
+    assert list(parts) == ["bare", "inference", "stage_a_ckpt", "stage_c", "stage_a_nockpt"]
+    assert all(p["status"] == "ok" and p["peak_rss_gib"] > 0 for p in parts.values())
+    assert all("chunk_gated_delta_rule" in p["gated_delta_fallbacks"] for p in parts.values())  # no fla here
+    bare = parts["bare"]["result"]
+    assert bare["matmul"]["tflop_s"] > 0 and bare["copy_gb_s"] > 0 and bare["decode_bytes"] > 0
+    assert bare["ckpt"]["dit_params"] == bare["nockpt"]["dit_params"] and 0 < bare["ckpt"]["mfu_vs_matmul"]
+    cycles = parts["inference"]["result"]["cycles"]
+    assert {(c["N"], c["K"]) for c in cycles} == {(1, 8), (1, 32), (4, 8), (4, 32)}
+    assert parts["stage_a_ckpt"]["result"]["checkpointing"] and not parts["stage_a_nockpt"]["result"]["checkpointing"]
+    assert parts["stage_c"]["result"]["stage"] == "c" and parts["stage_c"]["result"]["prefix_path"] == "state"
+    rows = {t["target"].split(" (")[0]: t for t in report["targets"]}
+    assert rows["Stage C"]["value"] == parts["stage_c"]["result"]["block_tok_s"]
+    assert sum(t["target"].startswith("cycle") for t in report["targets"]) == len(cycles)
+    assert all(isinstance(t["met"], bool) for t in report["targets"])  # every part measured, every target decided
+    assert "| stage_c | ok |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_gpu_check_kills_a_part_past_its_budget_and_keeps_the_report(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "run", "--tiny", "--only",
+                           "stage_a_ckpt", "--budget", "2", "--out", str(tmp_path)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    entry = json.loads((tmp_path / "gpu_check.json").read_text())["parts"]["stage_a_ckpt"]
+    assert entry["status"] == "timeout" and entry["budget_s"] == 2 and entry["wall_s"] < 10
+    assert not (tmp_path / "parts" / "stage_a_ckpt.json").exists()
+    row = next(t for t in json.loads((tmp_path / "gpu_check.json").read_text())["targets"]
+               if "stage_a_ckpt" in t["target"])
+    assert row["value"] is None and row["met"] is None
+
+
+def test_gpu_check_installs_carried_wheels_offline(tmp_path):
+    """`install FOLDER --site DIR`: every wheel of the folder, offline, importable from the target."""
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "carried_probe-0.1-py3-none-any.whl", "w") as whl:
+        whl.writestr("carried_probe/__init__.py", "VALUE = 17\n")
+        whl.writestr("carried_probe-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: carried-probe\n"
+                     "Version: 0.1\n")
+        whl.writestr("carried_probe-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
+                     "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        whl.writestr("carried_probe-0.1.dist-info/RECORD", "")
+    script = str(REPO / "bench" / "gpu_check.py")
+    subprocess.run([sys.executable, script, "install", str(wheels), "--site", str(tmp_path / "site")], check=True,
+                   capture_output=True)
+    probe = subprocess.run([sys.executable, "-c", "import carried_probe; print(carried_probe.VALUE)"],
+                           env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, capture_output=True, text=True)
+    assert probe.stdout.strip() == "17"
+    empty = subprocess.run([sys.executable, script, "install", str(tmp_path), "--site", str(tmp_path / "s2")],
+                           capture_output=True, text=True)
+    assert empty.returncode != 0 and "no *.whl or *.tar.gz" in empty.stderr
