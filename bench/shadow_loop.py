@@ -60,8 +60,8 @@ class Plan:
     temperature: float = 1.0
 
 
-FULL = Plan(QuickstartConfig(run_dir="", documents=4000, verifier_steps=1500, decode_prompts=2, progress=False),
-            tasks=200, heldout=40, updates=40)
+FULL = Plan(QuickstartConfig(run_dir="", documents=4000, verifier_steps=4000, decode_prompts=2, progress=False),
+            tasks=200, heldout=40, tokens=64, updates=40)
 TINY_PLAN = Plan(QuickstartConfig(run_dir="", documents=120, verifier=dict(TINY), verifier_steps=4,
                                   distill_shards=1, clsd_steps=4, decode_prompts=1, decode_tokens=4, num_workers=0,
                                   progress=False), tasks=10, heldout=3, n=2, tokens=6, updates=2, batch=1, save_every=1)
@@ -191,6 +191,11 @@ def main() -> None:
     measured = json.loads(cache.read_text()) if cache.is_file() else {}
     if "verifier" not in measured:
         measured["verifier"] = verifier_baselines(primary, heldout, plan)
+        cache.write_text(json.dumps(measured, indent=1))
+    if measured["verifier"]["pass_at_n"] == 0 and not args.tiny:
+        raise SystemExit(f"the verifier solves none of the {len(heldout)} held-out tasks, greedy or in {plan.n} "
+                         f"samples ({cache}): no rollout can earn a reward, the loop would measure nothing; train it "
+                         f"longer")
     if "clsd_v0" not in measured:
         measured["clsd_v0"] = clsd_solve_rate(primary, str(base / "clsd"), heldout, plan)
     cache.write_text(json.dumps(measured, indent=1))
