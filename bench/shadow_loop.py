@@ -168,13 +168,27 @@ def run_loop(root: Path, base: Path, tasks: Path, plan: Plan) -> dict:
     return summary
 
 
+def group_verdicts(primary_out: Path) -> dict:
+    """How many of the loop's groups (one task's N rollouts) were all pass, all fail, or mixed: only a mixed group
+    has a nonzero group-relative advantage, so only mixed groups carry a policy gradient."""
+    sent = [json.loads(line) for line in (primary_out / "metrics.jsonl").read_text().splitlines()]
+    passed = [sum(m["rewards"]) for m in sent]
+    n = [len(m["rewards"]) for m in sent]
+    return {"mixed": sum(0 < p < k for p, k in zip(passed, n)), "all_pass": sum(p == k for p, k in zip(passed, n)),
+            "all_fail": passed.count(0)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/shadow_bench")
     ap.add_argument("--tiny", action="store_true", help="CI sizes: a smoke run of every part")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threshold", type=float, default=None, help="the guillotine's threshold instead of the plan's")
+    ap.add_argument("--temperature", type=float, default=None, help="the policy's temperature instead of the plan's")
     args = ap.parse_args()
     plan = TINY_PLAN if args.tiny else FULL
+    plan = replace(plan, threshold=plan.threshold if args.threshold is None else args.threshold,
+                   temperature=plan.temperature if args.temperature is None else args.temperature)
     root, t0 = Path(args.run).resolve(), time.time()
     base = root / "base"
     quickstart(replace(plan.base, run_dir=str(base)))
@@ -199,7 +213,7 @@ def main() -> None:
     if "clsd_v0" not in measured:
         measured["clsd_v0"] = clsd_solve_rate(primary, str(base / "clsd"), heldout, plan)
     cache.write_text(json.dumps(measured, indent=1))
-    loop = run_loop(root, base, tasks, plan)
+    loop = {**run_loop(root, base, tasks, plan), "groups": group_verdicts(root / "primary")}
     for v in loop["versions"]:
         if f"clsd_v{v}" not in measured:
             measured[f"clsd_v{v}"] = clsd_solve_rate(primary, str(root / "loop" / "versions" / f"v{v}"), heldout, plan)
@@ -229,7 +243,8 @@ def table(report: dict) -> str:
         r = m[key]
         lines.append(f"| CLSD, drafter version {key[6:]} | {r['best_of_n']:.3f} | {r['pass_at_n']:.3f} | "
                      f"{r['mean_reward']:.3f} | {len(set(r['solved']) - greedy)} |")
-    lines.append(f"\nloop: {loop['trajectories']} trajectories, {loop['primary_trajectories_per_s']:.3f}/s from the "
+    lines.append(f"\nloop: {loop['trajectories']} trajectories (groups: {loop['groups']}), "
+                 f"{loop['primary_trajectories_per_s']:.3f}/s from the "
                  f"primary; {loop['trainer_updates_per_s']:.3f} updates/s; version lag mean "
                  f"{loop['version_lag_mean']:.2f}, max {loop['version_lag_max']}; stream {loop['stream']}")
     return "\n".join(lines) + "\n"

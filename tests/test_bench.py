@@ -134,6 +134,7 @@ def test_shadow_loop_bench_tiny_measures_every_decoder_and_the_loop(tmp_path):
     loop = report["loop"]
     assert loop["versions"] == [1, 2] and loop["trajectories"] >= 2 and loop["version_lag_max"] >= 0
     assert loop["stream"]["pending"] == 0 and [e["step"] for e in loop["train"]] == [1, 2]
+    assert sum(loop["groups"].values()) == loop["trajectories"]  # each group all pass, all fail or mixed
     assert (tmp_path / "out" / "shadow.png").stat().st_size > 1000
 
 
