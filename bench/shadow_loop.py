@@ -13,6 +13,8 @@
    updates (``launch/shadow_local.sh``'s pieces); from their logs: primary trajectories/s, trainer updates/s, and
    the version lag (the newest published version minus the one a trajectory was drafted with, when it was sent).
 JSON + Markdown + PNG (solve rate against updates); a rerun reuses the base, the tasks and the measured versions.
+``--threshold`` / ``--temperature`` change the decoding rule of every CLSD number and of the loop; a run directory
+keeps the rule it was measured with (``rule.json``) and refuses another.
 """
 
 from __future__ import annotations
@@ -190,6 +192,12 @@ def main() -> None:
     plan = replace(plan, threshold=plan.threshold if args.threshold is None else args.threshold,
                    temperature=plan.temperature if args.temperature is None else args.temperature)
     root, t0 = Path(args.run).resolve(), time.time()
+    rule, rule_file = {"threshold": plan.threshold, "temperature": plan.temperature}, root / "rule.json"
+    if rule_file.is_file() and json.loads(rule_file.read_text()) != rule:  # its measured cells are for that rule
+        raise SystemExit(f"{root} was measured with {rule_file.read_text().strip()}, not {json.dumps(rule)}: give "
+                         f"another --run (copy its base/ and tasks.jsonl there to reuse them)")
+    root.mkdir(parents=True, exist_ok=True)
+    rule_file.write_text(json.dumps(rule))
     base = root / "base"
     quickstart(replace(plan.base, run_dir=str(base)))
     tasks = root / "tasks.jsonl"

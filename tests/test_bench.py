@@ -135,6 +135,10 @@ def test_shadow_loop_bench_tiny_measures_every_decoder_and_the_loop(tmp_path):
     assert loop["versions"] == [1, 2] and loop["trajectories"] >= 2 and loop["version_lag_max"] >= 0
     assert loop["stream"]["pending"] == 0 and [e["step"] for e in loop["train"]] == [1, 2]
     assert sum(loop["groups"].values()) == loop["trajectories"]  # each group all pass, all fail or mixed
+    other = subprocess.run([sys.executable, str(REPO / "bench" / "shadow_loop.py"), "--tiny", "--run",
+                            str(tmp_path / "run"), "--threshold", "0.5"], env=env, cwd=REPO, capture_output=True,
+                           text=True)  # its cells are for the plan's rule: another one is refused, nothing rewritten
+    assert other.returncode != 0 and '"threshold": 0.1' in other.stderr and "another --run" in other.stderr
     assert (tmp_path / "out" / "shadow.png").stat().st_size > 1000
 
 
