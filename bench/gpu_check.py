@@ -34,7 +34,6 @@ import logging
 import os
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -95,33 +94,19 @@ def versions() -> dict:
     return out
 
 
-def median_seconds(fn, warmup: int, reps: int, cuda: bool) -> float:
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def device_rates(tiny: bool, device, dtype) -> dict:
     """A square matmul's FLOP/s in the training dtype and a device copy's bandwidth (bytes read + written)."""
     import torch
 
+    from suite import timer
+
     n, words = (512, 16 * 2**20) if tiny else (8192, 1024 * 2**20)  # a 64 MiB / 4 GiB fp32 buffer
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    matmul_s = median_seconds(lambda: a @ b, 2, 10, device.type == "cuda")
+    time_it = timer(device, 2, 10)
+    matmul_s = time_it(lambda: a @ b)
     src = torch.empty(words, device=device)
     dst = torch.empty_like(src)
-    copy_s = median_seconds(lambda: dst.copy_(src), 2, 10, device.type == "cuda")
+    copy_s = time_it(lambda: dst.copy_(src))
     return {"matmul": {"n": n, "dtype": str(dtype).removeprefix("torch."), "tflop_s": 2 * n**3 / matmul_s / 1e12},
             "copy_gb_s": 2 * words * 4 / copy_s / 1e9}
 
@@ -129,6 +114,8 @@ def device_rates(tiny: bool, device, dtype) -> dict:
 def dit_step(verifier, layers: int, block: int, batch: int, checkpointing: bool, reps: int) -> dict:
     """Median forward + backward of the grafted DiT on a random batch (no optimizer, no engine)."""
     import torch
+
+    from suite import timer
 
     from clsd_ds.dit import DiTConfig
     from clsd_ds.graft import graft
@@ -139,7 +126,7 @@ def dit_step(verifier, layers: int, block: int, batch: int, checkpointing: bool,
     hidden = verifier.lm.config.hidden_size
     x, c = (torch.randn(batch, *shape, device=p.device, dtype=p.dtype) for shape in ((block, hidden), (hidden,)))
     t = torch.rand(batch, device=p.device)
-    seconds = median_seconds(lambda: dit(x, t, c).float().pow(2).mean().backward(), 2, reps, p.device.type == "cuda")
+    seconds = timer(p.device, 2, reps)(lambda: dit(x, t, c).float().pow(2).mean().backward())
     flops = block_flops_per_token(dit, block) * batch * block
     return {"batch": batch, "block_len": block, "dit_params": sum(q.numel() for q in dit.parameters()),
             "step_s": seconds, "block_tok_s": batch * block / seconds, "tflop_s": flops / seconds / 1e12}
