@@ -1,6 +1,7 @@
 """Which levers make the CLSD drafter draft? An ablation against the AR drafter on the same mini verifier.
 
-    python bench/drafter_levers.py [--run runs/levers] [--tiny] [--out bench/results/<device>-<date>-levers]
+    python bench/drafter_levers.py [--run runs/levers] [--tiny] [--only NAME ...]
+                                   [--out bench/results/<device>-<date>-levers]
 
 The corpus, tokenizer and verifier are built as in ``bench/drafters.py`` (the Python standard library's sources, a
 byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-token block. Then:
@@ -21,6 +22,10 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
                          (DFlash's mask input) instead of noise; N > 1 from the lattice
     clsd_many_<converge>x  clsd_many trained for ``converge`` x the FLOPs: τ along training towards convergence
     clsd_many_mask_<converge>x, ar_many_<converge>x  the mask DiT and the AR drafter there too: each to convergence
+    clsd_many_mask_reveal  clsd_many_mask trained with flow.reveal 0.5: half the blocks hold a clean lead of
+                         r ~ U{1..K-1} positions (the anchor and r - 1 true tokens), so the causal DiT learns to draft
+                         after tokens it is given; decoded also with decode.redraft (every lattice candidate drafted
+                         again after its pivot, one more DiT pass): can a branch condition what follows it?
     clsd_many_seed1, clsd_many_mask_seed1  clsd_many and clsd_many_mask again with seed 1 (the new weights'
                          initialisation, the step noise and the data order): is the mask's gain larger than a seed's?
     clsd_dist_l2         the distilled lever DiT with 2 layers instead of 4 (more steps for the same FLOPs)
@@ -36,7 +41,8 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
 Every ``long`` x run logs τ every ``curve_every`` steps: τ against training FLOPs. Each drafter is decoded at K = 16
 (the anchor / the verifier's own token first, then 15 drafted) on held-out prompts, with the ``exact`` rule (every
 output checked against greedy decoding) and the lossless ``sampling`` rule at T = 1, N = 1 and 4 (a DiT's N also as
-``decode.candidates: lattice``, one draft's top-k branches); the ablation's drafters at ``exact``, N = 1. Per cell:
+``decode.candidates: lattice``, one draft's top-k branches; a mask DiT's also with ``decode.redraft``, exact only);
+the ablation's drafters at ``exact``, N = 1. ``--only`` trains and measures the named drafters alone. Per cell:
 τ (tokens committed per cycle), α_i = P(drafted token i accepted | tokens < i accepted) (under ``exact`` the
 verifier's own leading token excluded), tokens per verifier call, and the cycle's verification cost, N·K positions
 per committed token.
@@ -75,6 +81,7 @@ REPO = Path(__file__).resolve().parents[1]
 LEVERS = replace(RECIPE, source="noise")  # the levers as measured: anchor, tokens, one step at t = 0, decay; noise
 TWO_STEP = replace(LEVERS, euler_steps=2, train_inputs="sampler")
 MASK = replace(LEVERS, source="mask")  # one step from a fixed source: DFlash's mask input (the quickstart's RECIPE)
+REVEAL = replace(MASK, reveal=0.5)  # half the blocks with a clean lead of r ~ U{1..K-1} positions
 
 
 @dataclass
@@ -125,6 +132,7 @@ def drafters(plan: Plan) -> dict[str, Drafter]:
             "clsd_many": Drafter("_many", plan.long, lever, curve=True),
             f"ar_many_{plan.long}x": Drafter("_many", plan.long, ar, curve=True),
             "clsd_many_mask": Drafter("_many", plan.long, {**lever, "flow": MASK}, curve=True),
+            "clsd_many_mask_reveal": Drafter("_many", plan.long, {**lever, "flow": REVEAL}, curve=True),
             f"clsd_many_{plan.converge}x": Drafter("_many", plan.converge, lever, curve=True),
             f"clsd_many_mask_{plan.converge}x": Drafter("_many", plan.converge, {**lever, "flow": MASK}, curve=True),
             f"ar_many_{plan.converge}x": Drafter("_many", plan.converge, ar, curve=True),
@@ -191,7 +199,7 @@ def budget(plan: Plan, lm: Verifier, runs: dict[str, Drafter]) -> dict:
 def cells(plan: Plan, runs: dict[str, Drafter]) -> list[tuple[str, str, int, str]]:
     """(drafter, rule, N, candidates): every drafter at every rule and N, a DiT's N > 1 also as a lattice; the
     ablation's drafters at the exact rule and N 1; a DiT with a fixed source (flow.source mask) has one draft, so its
-    N > 1 is the lattice only."""
+    N > 1 is the lattice only, and it is also decoded with the lattice redrafted after each pivot (exact, every N)."""
     out = []
     for name, d in runs.items():
         dit = d.sections["stage"] != "ar"
@@ -202,6 +210,8 @@ def cells(plan: Plan, runs: dict[str, Drafter]) -> list[tuple[str, str, int, str
                     out.append((name, rule, n, "noise"))
                 if n > 1 and dit:
                     out.append((name, rule, n, "lattice"))
+                if fixed and rule == "exact" and d.grid:
+                    out.append((name, rule, n, "redraft"))
     return out
 
 
@@ -209,9 +219,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/levers")
     ap.add_argument("--tiny", action="store_true", help="CI sizes: a smoke run of every stage")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="train and measure only these drafters")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     plan = TINY if args.tiny else FULL
+    runs = drafters(plan)
+    if args.only:
+        unknown = sorted(set(args.only) - set(runs))
+        if unknown:
+            ap.error(f"--only: no drafter named {', '.join(unknown)}; the plan's drafters: {', '.join(runs)}")
+        runs = {name: d for name, d in runs.items() if name in args.only}
     s, root, t0 = plan.sizes, Path(args.run), time.time()
     root.mkdir(parents=True, exist_ok=True)
     report: dict = {"sizes": vars(s), "plan": {k: v for k, v in vars(plan).items() if k != "sizes"},
@@ -244,7 +261,6 @@ def main() -> None:
                                   anchors=anchors, anchor_stride=stride))
         data[f"_{name}"] = replace(corpus, train=str(out))
 
-    runs = drafters(plan)
     report["budget"] = plan_flops = budget(plan, Verifier.load(verifier), runs)
     curve = dict(eval_every=plan.curve_every, tau_prompts=8, tau_cycles=6, tau_candidates=1)
     for name, d in runs.items():
@@ -254,13 +270,14 @@ def main() -> None:
 
     rows, evals = [], root / f"eval_{plan.prompts}x{plan.tokens}"
     for name, rule, n, candidates in cells(plan, runs):
-        out = evals / f"{name}_{rule}_n{n}{'_lattice' if candidates == 'lattice' else ''}"
+        out = evals / f"{name}_{rule}_n{n}{'' if candidates == 'noise' else '_' + candidates}"
         if (out / "eval.json").is_file():
             r = json.loads((out / "eval.json").read_text())
         else:
             r = evaluate(EvalConfig(verifier=verifier, drafter=str(root / name), prompts=str(tokens / "val"),
                                     num_prompts=plan.prompts, out=str(out), device="cpu", decode=DecodeConfig(
-                                        num_candidates=n, candidates=candidates, block_len=s.block_len,
+                                        num_candidates=n, candidates="noise" if candidates == "noise" else "lattice",
+                                        redraft=candidates == "redraft", block_len=s.block_len,
                                         max_new_tokens=plan.tokens, acceptance=rule, temperature=1.0)))
         sections = runs[name].sections  # the verifier's own next token leads (AR, anchor): accepted under exact
         given = r.get("given_tokens", int(rule == "exact" and (sections["stage"] == "ar" or sections["flow"].anchor)))

@@ -32,8 +32,14 @@ deterministic (N candidates then come from ``decode.candidates: lattice``). Not 
 position embeddings and output layer, RMSNorm(0) = 0 gives the output weights no gradient from the drafted
 positions, nor anything before them, so such a DiT never leaves its initialisation (measured: τ 2.00 flat).
 
-``position_decay`` γ > 0 weights drafted position k (k = 1, 2, ...) by exp(-(k - 1) / γ), normalised to mean 1, as
-DFlash does: early positions decide acceptance.
+``reveal`` ρ > 0 (with ``anchor``; after block diffusion's clean context and mask-predict's re-masking) trains a
+fraction ρ of the blocks with a longer clean lead: r ~ U{1, ..., K - 1} positions held clean (the anchor and the
+block's next r - 1 true tokens), positions r.. drafted and trained (the rest keep r = 1, the anchor alone). The DiT is
+causal, so a drafted position then sees the true tokens before it, as an AR drafter's does: decoding can draft a
+block again after a token it has fixed (``decode.redraft``: a branch of the lattice, conditioned on its branch).
+
+``position_decay`` γ > 0 weights drafted position k (k = 1, 2, ... after the clean lead) by exp(-(k - 1) / γ),
+normalised to mean 1 over the drafted positions, as DFlash does: early positions decide acceptance.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class FlowConfig:
     source: Literal["noise", "mask"] = "noise"  # x0 ~ N(0, I), or x0 = 1: DFlash's mask input at one step from t = 0
     # interpolation: x_t = (1 - t) x0 + t x1 of the true block; sampler: every Euler step on its own sampler's input
     train_inputs: Literal["interpolation", "sampler"] = "interpolation"
+    reveal: float = 0.0  # with anchor: the fraction of blocks trained with a clean lead of r ~ U{1..K-1} positions
 
     def validate(self) -> None:
         if self.euler_steps < 1:
@@ -69,6 +76,10 @@ class FlowConfig:
             raise ConfigError(f"field 'flow.t_bins': expected an integer >= 1, got {self.t_bins}")
         if self.position_decay < 0:
             raise ConfigError(f"field 'flow.position_decay': expected >= 0, got {self.position_decay}")
+        if not 0 <= self.reveal <= 1:
+            raise ConfigError(f"field 'flow.reveal': expected a fraction in [0, 1], got {self.reveal}")
+        if self.reveal > 0 and not self.anchor:
+            raise ConfigError("field 'flow.reveal': a clean lead extends the anchor; it needs flow.anchor: true")
         if self.train_inputs == "sampler" and self.objective != "tokens":
             raise ConfigError("field 'flow.train_inputs': 'sampler' unrolls the sampler through the DiT's clean-block "
                               "estimates, which need flow.objective: tokens")
@@ -105,13 +116,38 @@ def sample_t(cfg: FlowConfig, n: int, generator: torch.Generator | None = None, 
     return torch.sigmoid(cfg.logit_mean + cfg.logit_std * z)
 
 
-def position_weights(cfg: FlowConfig, block_len: int, device=None) -> torch.Tensor:
-    """[K] loss weights per block position: 0 for the anchor; exp(-(k-1)/gamma) (or 1) for drafted positions k,
-    normalised to mean 1 over them."""
-    drafted = torch.arange(block_len, device=device, dtype=torch.float32) - (1 if cfg.anchor else 0)
+def position_weights(cfg: FlowConfig, block_len: int, device=None, lead: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss weights per block position: 0 for the clean lead (the anchor, or ``lead`` [B] positions per block);
+    exp(-(k-1)/gamma) (or 1) for drafted positions k = 1, 2, ... after it, normalised to mean 1 over them. [K], or
+    [B, K] with ``lead``."""
+    start = lead[:, None].float() if lead is not None else torch.tensor(float(cfg.anchor), device=device)
+    drafted = torch.arange(block_len, device=device, dtype=torch.float32) - start
     w = torch.exp(-drafted.clamp(min=0) / cfg.position_decay) if cfg.position_decay > 0 else torch.ones_like(drafted)
     w = w * (drafted >= 0)
-    return w * (w > 0).sum() / w.sum()
+    return w * (w > 0).sum(-1, keepdim=True) / w.sum(-1, keepdim=True)
+
+
+def lead_lengths(cfg: FlowConfig, batch: int, block_len: int, generator: torch.Generator | None = None,
+                 device=None) -> torch.Tensor | None:
+    """Clean leading positions per training block [B]: 1 (the anchor), or with probability ``reveal``
+    r ~ U{1, ..., K - 1}; None without an anchor."""
+    if not cfg.anchor:
+        return None
+    lead = torch.ones(batch, dtype=torch.long, device=device)
+    if cfg.reveal > 0 and block_len > 2:
+        longer = torch.rand(batch, generator=generator, device=device) < cfg.reveal
+        r = torch.randint(1, block_len, (batch,), generator=generator, device=device)
+        lead = torch.where(longer, r, lead)
+    return lead
+
+
+def pin_lead(x: torch.Tensor, clean: torch.Tensor, lead: torch.Tensor | None) -> torch.Tensor:
+    """x [B, K, d] with positions k < lead[b] replaced by the clean block's ``clean`` [B, K, d] (unchanged when
+    ``lead`` is None)."""
+    if lead is None:
+        return x
+    held = torch.arange(x.shape[1], device=x.device)[None] < lead[:, None]
+    return torch.where(held[..., None], clean.to(x.dtype), x)
 
 
 def pin_anchor(x: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from clsd_ds.flow import (FlowConfig, Readout, euler_sample, interpolate, loss_by_t_bin, pin_anchor,
-                          position_weights, sample_block, sample_t, draw_source, velocity_target)
+from clsd_ds.config import ConfigError
+from clsd_ds.flow import (FlowConfig, Readout, euler_sample, interpolate, lead_lengths, loss_by_t_bin, pin_anchor,
+                          pin_lead, position_weights, sample_block, sample_t, draw_source, velocity_target)
 
 
 def _pair(seed=0):
@@ -79,6 +80,36 @@ def test_position_weights():
     w = position_weights(FlowConfig(anchor=True, position_decay=2.0), 5)
     assert w[0] == 0 and w[1:].mean().item() == pytest.approx(1.0)
     torch.testing.assert_close(w[2:] / w[1:-1], torch.full((3,), math.exp(-1 / 2)))  # exp(-(k-1)/gamma)
+
+
+def test_reveal_draws_clean_leads_and_weights_the_positions_after_them():
+    """flow.reveal ρ: a block's clean lead is the anchor alone, or with probability ρ r ~ U{1..K-1} positions;
+    the lead is pinned to the clean block and weighs 0, the decay restarts after it, each row's drafted positions
+    weigh 1 on average. Without reveal the generator is not drawn from (runs before it reproduce)."""
+    g = torch.Generator().manual_seed(0)
+    assert lead_lengths(FlowConfig(), 5, 8, g) is None
+    state = g.get_state()
+    assert lead_lengths(FlowConfig(anchor=True), 5, 8, g).tolist() == [1] * 5 and torch.equal(g.get_state(), state)
+    always = lead_lengths(FlowConfig(anchor=True, reveal=1.0), 4000, 8, g)
+    assert set(always.tolist()) == set(range(1, 8))
+    half = lead_lengths(FlowConfig(anchor=True, reveal=0.5), 4000, 8, g)
+    assert (half == 1).float().mean().item() == pytest.approx(0.5 + 0.5 / 7, abs=0.03)
+    lead = torch.tensor([1, 3, 4])
+    w = position_weights(FlowConfig(anchor=True, position_decay=2.0), 5, lead=lead)
+    for row, r in zip(w, lead.tolist()):
+        assert (row[:r] == 0).all() and row[r:].mean().item() == pytest.approx(1.0)
+        if r < 4:
+            torch.testing.assert_close(row[r + 1:] / row[r:-1], torch.full((4 - r,), math.exp(-1 / 2)))
+    torch.testing.assert_close(w[0], position_weights(FlowConfig(anchor=True, position_decay=2.0), 5))
+    x, clean = torch.zeros(3, 5, 2), torch.randn(3, 5, 2)
+    pinned = pin_lead(x, clean, lead)
+    for b, r in enumerate(lead.tolist()):
+        assert torch.equal(pinned[b, :r], clean[b, :r]) and (pinned[b, r:] == 0).all()
+    assert torch.equal(pin_lead(x, clean, None), x)
+    with pytest.raises(ConfigError, match="flow.reveal.*needs flow.anchor"):
+        FlowConfig(reveal=0.5).validate()
+    with pytest.raises(ConfigError, match="flow.reveal.*fraction"):
+        FlowConfig(anchor=True, reveal=1.5).validate()
 
 
 def test_anchor_is_pinned_and_tokens_objective_reads_the_logits():

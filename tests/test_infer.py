@@ -137,12 +137,15 @@ def test_branch_candidates_are_the_path_and_its_most_probable_single_branches():
                       [0.6, 0.3, 0.1, 0.0],   # reach 1:    branches worth 0.3, 0.1
                       [0.1, 0.5, 0.4, 0.0],   # reach 0.6:  0.24, 0.06
                       [0.0, 0.0, 0.2, 0.8]])  # reach 0.3:  0.06, 0
-    rows = branch_candidates(p.log(), 4, first=1)
+    rows, pivots = branch_candidates(p.log(), 4, first=1)
     path = [0, 0, 1, 3]
     assert rows[0].tolist() == path
     assert rows[1:].tolist() == [[0, 1, 1, 3], [0, 0, 2, 3], [0, 2, 1, 3]]  # worth 0.3, 0.24, 0.1
-    assert branch_candidates(p.log(), 1, first=1).tolist() == [path]
-    assert branch_candidates(p[:1].log(), 3, first=1).tolist() == [[0]] * 3  # only the anchor: nothing to branch
+    assert pivots.tolist() == [1, 1, 2, 1]  # a branch's position; the path's: that of the best branch
+    rows, pivots = branch_candidates(p.log(), 1, first=1)
+    assert rows.tolist() == [path] and pivots.tolist() == [1]
+    rows, pivots = branch_candidates(p[:1].log(), 3, first=1)  # only the anchor: nothing to branch
+    assert rows.tolist() == [[0]] * 3 and pivots.tolist() == [1] * 3
 
 
 def test_lattice_candidates_branch_one_sampling_and_stay_greedy(pair):
@@ -167,6 +170,52 @@ def test_lattice_candidates_branch_one_sampling_and_stay_greedy(pair):
     assert out == greedy(lm, ids, 16)
     with pytest.raises(ConfigError, match="decode.candidates.*logits reading.*nearest"):
         SpeculativeDecoder(lm, base, DecodeConfig(candidates="lattice"))
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_redraft_drafts_each_candidate_again_after_its_pivot(pair, n):
+    """decode.redraft: the lattice's rows (the path and its branches, from one DiT pass) are drafted again after
+    their pivots: positions up to the pivot keep the row's tokens, the rest are the argmax of an independent DiT
+    pass whose input holds the row's tokens clean up to the pivot and the mask after it; exact decoding stays
+    greedy. Without the lattice there is nothing to redraft."""
+    lm, base = pair
+    dit = copy.deepcopy(base)
+    dit.flow = FlowConfig(anchor=True, objective="tokens", euler_steps=1, source="mask", reveal=0.5)
+    with torch.no_grad():  # open the blocks' gates, so a position's output depends on the positions before it
+        dit.final.linear.weight.normal_(0, 0.5)
+        for name, w in dit.named_parameters():
+            if "adaLN" in name:
+                w.normal_(0, 1.0)
+        dit.pos_emb.normal_(0, 0.02)  # positions told apart, at the embeddings' scale
+    ids = prompt(30, seed=8)
+    hidden, states = prefix_pass(lm, lm.get_input_embeddings()(torch.tensor([ids])),
+                                 torch.ones(1, len(ids), dtype=torch.bool), grow=True)
+    E, scale, h = lm.get_input_embeddings().weight, dit.cfg.embed_scale, hidden[:, -1:]
+
+    def dit_tokens(rows, lead):  # the DiT's argmax for rows [m, K] held clean at positions < lead [m]
+        x = torch.ones(len(rows), BLOCK, E.shape[1], dtype=E.dtype)
+        held = torch.arange(BLOCK)[None] < lead[:, None]
+        x[held] = E[rows[held]] / scale
+        with torch.no_grad():
+            out = dit(x, torch.zeros(len(rows)), h[:, 0].expand(len(rows), -1))
+        return lm.lm_head(out)
+
+    own = lm.lm_head(h).argmax(-1)[0]
+    rows, pivots = branch_candidates(dit_tokens(own.expand(1, BLOCK), torch.ones(1, dtype=torch.long))[0], n, 1)
+    rows[:, 0] = own
+    plain = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=n, candidates="lattice"))
+    assert plain.draft(h, states.repeat_interleave(n), len(ids), BLOCK).tolist() == rows.tolist()
+    dec = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=n, candidates="lattice", redraft=True,
+                                                   max_new_tokens=16))
+    again = dec.draft(h, states.repeat_interleave(n), len(ids), BLOCK)
+    expected = dit_tokens(rows, pivots + 1).argmax(-1)
+    after = torch.arange(BLOCK)[None] > pivots[:, None]
+    assert (pivots < BLOCK - 1).all() and after.any()
+    assert torch.equal(again[~after], rows[~after]) and torch.equal(again[after], expected[after])
+    assert not torch.equal(again, rows)  # the clean lead changed what follows it
+    assert dec.generate(ids)[0] == greedy(lm, ids, 16)
+    with pytest.raises(ConfigError, match="decode.redraft.*decode.candidates lattice"):
+        SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=1, redraft=True))
 
 
 def test_mask_source_is_one_fixed_input_and_one_deterministic_draft(pair):

@@ -7,7 +7,7 @@ from conftest import BLOCK, tiny_verifier
 from clsd_ds.config import ConfigError
 from clsd_ds.data.format import Manifest
 from clsd_ds.dit import DiTConfig
-from clsd_ds.flow import FlowConfig, sample_block
+from clsd_ds.flow import FlowConfig, lead_lengths, sample_block
 from clsd_ds.graft import graft
 from clsd_ds.train.distributed import DistInfo
 from clsd_ds.train.stage_a import StageATask, block_flops_per_token
@@ -114,6 +114,48 @@ def test_anchored_token_objective_trains_only_the_drafted_positions():
     with pytest.raises(ConfigError, match="objective=tokens trains on the blocks' token ids"):
         task.check_data(Manifest(block_len=BLOCK, prefix_len=8, fields=["prefix", "emb"], vocab_size=320,
                                  hidden_size=64), "emb-shards")
+
+
+def test_reveal_trains_after_a_clean_lead_of_the_true_tokens():
+    """flow.reveal: the DiT's input holds the block's true embeddings at positions < r (r from
+    ``flow.lead_lengths`` with the step's generator) and the mask after them; the loss is the CE at positions >= r,
+    decayed from r on, and nothing flows back from the lead; the accuracies count only drafted positions."""
+    verifier = tiny_verifier()
+    torch.manual_seed(0)
+    dit = graft(verifier, DiTConfig(num_layers=2, block_len=BLOCK))
+    flow = FlowConfig(anchor=True, objective="tokens", position_decay=3.0, reveal=1.0, source="mask", euler_steps=1,
+                      t_sampling="euler_grid")
+    task = StageATask(dit, verifier, flow)
+    task.setup(DistInfo(0, 1, 0, torch.device("cpu")), torch.float32,
+               Manifest(block_len=BLOCK, prefix_len=8, fields=["prefix", "block"], vocab_size=320))
+    with torch.no_grad():
+        dit.final.linear.weight.normal_(0, 0.02)
+    batch = _batch(False, False, verifier)
+    inputs, outputs = [], []
+
+    def hook(module, args, out):
+        inputs.append(args[0])
+        out.retain_grad()
+        outputs.append(out)
+
+    dit.register_forward_hook(hook)
+    loss, metrics = task.loss(dit, batch, torch.Generator().manual_seed(7), 0)
+    lead = lead_lengths(flow, 3, BLOCK, torch.Generator().manual_seed(7))  # the mask source draws nothing before it
+    assert len(set(lead.tolist())) > 1 and (lead > 1).any()
+    x1 = task.targets(batch)
+    loss.backward()
+    w = torch.exp(-torch.arange(BLOCK - 1.0) / 3.0)
+    logits = verifier.lm.lm_head(outputs[0].detach()).float()
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["block"].flatten(), reduction="none")
+    expected = []
+    for b, r in enumerate(lead.tolist()):
+        torch.testing.assert_close(inputs[0][b, :r], x1[b, :r])
+        assert (inputs[0][b, r:] == 1).all()
+        assert outputs[0].grad[b, :r].abs().max() == 0 and outputs[0].grad[b, r].abs().max() > 0
+        wr = w[: BLOCK - r]
+        expected.append((ce.view(3, BLOCK)[b, r:] * wr / wr.mean()).sum() / BLOCK)
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    assert metrics["accuracy"][1] == (BLOCK - lead).sum() and metrics["accuracy_first"][1] == 3
 
 
 def test_sampler_training_inputs_are_the_inputs_decoding_gives_the_dit():

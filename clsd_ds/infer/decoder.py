@@ -8,7 +8,10 @@ One cycle, with the verifier's state S after the committed text and h its final-
     with flow.anchor, position 0 of every block is a = argmax lm_head(h), the verifier's own next token, pinned clean
     through the sampling (flow.py), and tokens^(n)_0 = a
     with candidates: lattice (logits reading), one sampling instead of N: tokens^(1) its argmax path, tokens^(2..N)
-    the path's most probable single-token branches (lattice.py)
+    the path's most probable single-token branches (lattice.py); with redraft, one more batched DiT pass drafts
+    each candidate again after its pivot p (a branch's position, the path's most likely failure) from the same
+    source, positions 0..p held clean at the candidate's tokens (a drafter trained with flow.reveal has seen such
+    leads): tokens^(n)_{>p} = argmax of that pass's logits
     logits^(n) = lm_head([h | verifier(E[tokens^(n)] | S)])   (S replicated N times: one forward for all)
     (n, a, next) = acceptance rule;  commit tokens^(n)[:a] + [next];  S, h <- verifier(committed | S)
 The state advance recomputes the committed tokens from S (one verifier pass of a + 1 tokens), which is exact for
@@ -37,7 +40,7 @@ from transformers import Qwen3_5ForCausalLM
 
 from ..config import ConfigError
 from ..dit import CausalDiT
-from ..flow import Readout, draw_source, sample_block
+from ..flow import Readout, draw_source, pin_lead, sample_block
 from ..shadow.policy import sample as policy_sample
 from ..verifier import nearest_tokens
 from ..verifier_state import LayerStates, Prefix, continue_pass, prefix_pass
@@ -50,6 +53,7 @@ class DecodeConfig:
     num_candidates: int = 32
     # noise: N samplings from N noises; lattice: one sampling, its argmax path and N - 1 branches (logits reading)
     candidates: Literal["noise", "lattice"] = "noise"
+    redraft: bool = False  # lattice: draft each candidate again after its pivot, its tokens up to it held clean
     block_len: int | None = None  # tokens drafted per candidate; None: the DiT's block_len
     euler_steps: int | None = None  # sampler steps; None: the drafter's trained flow.euler_steps
     # drafted vectors -> tokens (module docstring); auto: logits for a drafter trained with flow.objective tokens,
@@ -147,6 +151,10 @@ class SpeculativeDecoder:
             if self.reading == "logits" and not tokens:
                 raise ConfigError("field 'decode.reading': 'logits' reads a drafter trained with flow.objective "
                                   "tokens; this one regresses velocities (use nearest or verifier)")
+            if cfg.redraft and (cfg.candidates != "lattice" or not drafter.flow.anchor):
+                raise ConfigError("field 'decode.redraft': drafting again after a pivot continues the lattice's "
+                                  "candidates from a clean lead; it needs decode.candidates lattice and a drafter "
+                                  "trained with flow.anchor (and flow.reveal, to have seen such leads)")
             if cfg.candidates == "lattice" and self.reading != "logits":
                 raise ConfigError(f"field 'decode.candidates': 'lattice' branches the drafter's own distributions, "
                                   f"which the logits reading has; this decoder reads by {self.reading}")
@@ -209,8 +217,13 @@ class SpeculativeDecoder:
         x1, logits = sample_block(lambda x, t: dit(x, t, cond, prefix), x0, dit.flow, self.euler_steps, anchor,
                                   readout)
         drafts = x1.to(self.embedding.dtype) * scale
+        if self.reading == "logits" and lattice:
+            tokens, pivots = branch_candidates(logits[0], N, int(dit.flow.anchor))
+            if dit.flow.anchor:
+                tokens[:, 0] = own[:, 0]
+            return self.redraft(tokens, pivots, x0, cond, shared, length, readout) if self.cfg.redraft else tokens
         if self.reading == "logits":
-            tokens = branch_candidates(logits[0], N, int(dit.flow.anchor)) if lattice else logits.argmax(-1)
+            tokens = logits.argmax(-1)
         elif self.reading == "nearest":
             tokens = nearest_tokens(drafts, self.embedding)
         else:  # the verifier reads the drafts; its own next token leads every candidate
@@ -219,6 +232,26 @@ class SpeculativeDecoder:
             read = self._pass(drafts[:, :-1], shared, length)
             return torch.cat([own, self.lm.lm_head(read).argmax(-1)], 1)
         return torch.cat([own, tokens[:, 1:]], 1) if dit.flow.anchor else tokens
+
+    def redraft(self, tokens: torch.Tensor, pivots: torch.Tensor, x0: torch.Tensor, cond: torch.Tensor,
+                shared: LayerStates, length: int, readout: Readout) -> torch.Tensor:
+        """``tokens`` [N, k] with every row that has positions after its pivot drafted again there, in one batched
+        sampling from the same source x0 with the row's positions 0..pivot held clean."""
+        dit, k = self.drafter, tokens.shape[1]
+        again = (pivots < k - 1).nonzero().flatten()
+        if again.numel() == 0:
+            return tokens
+        m, lead = again.numel(), pivots[again] + 1
+        clean = F.embedding(tokens[again], self.embedding).float() / dit.cfg.embed_scale
+        prefix = None
+        if dit.cfg.prefix_state:
+            prefix = Prefix(shared.rows(m), torch.ones(m, length, dtype=torch.bool, device=tokens.device),
+                            torch.full((m,), length, device=tokens.device))
+        _, logits = sample_block(lambda x, t: dit(pin_lead(x, clean, lead), t, cond[:1].expand(m, -1), prefix),
+                                 x0[:1].expand(m, -1, -1), dit.flow, self.euler_steps, None, readout)
+        after = torch.arange(k, device=tokens.device)[None] >= lead[:, None]
+        tokens[again] = torch.where(after, logits.argmax(-1), tokens[again])
+        return tokens
 
     def verify(self, tokens: torch.Tensor, shared: LayerStates, length: int, h: torch.Tensor) -> torch.Tensor:
         """Verifier logits [N, K+1, V] for all candidates in one forward from the state replicated N times."""

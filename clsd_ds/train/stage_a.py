@@ -2,8 +2,9 @@
 
 For a batch of blocks: x1 = E[block] / embed_scale (or the stored embeddings), C from the shards or from the frozen
 verifier under no_grad, x0 ~ N(0, I) (``flow.source: mask``: x0 = 1), t ~ FlowConfig.t_sampling, x_t = (1 - t) x0 + t x1
-(with ``flow.anchor`` position 0 pinned to x1's), o = DiT(x_t, t, C); per position k, with the weights w_k of
-``flow.position_weights``:
+(with ``flow.anchor`` position 0 pinned to x1's; with ``flow.reveal`` a fraction of the blocks pin a longer lead of
+positions 0..r-1, ``flow.lead_lengths``), o = DiT(x_t, t, C); per position k, with the weights w_k of
+``flow.position_weights`` (0 on the clean lead):
 
     objective velocity:  L = mean_k w_k · mean_d (o - (x1 - x0))^2          (the seed's rectified flow)
     objective tokens:    L = mean_k w_k · CE(head(o)_k, block_k)            (head: the verifier's frozen LM head)
@@ -27,8 +28,8 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from ..data.format import Manifest
 from ..dit import CausalDiT, save_dit
-from ..flow import (FlowConfig, Readout, interpolate, loss_by_t_bin, pin_anchor, position_weights, sample_t,
-                    draw_source, towards, velocity_target)
+from ..flow import (FlowConfig, Readout, draw_source, interpolate, lead_lengths, loss_by_t_bin, pin_lead,
+                    position_weights, sample_t, towards, velocity_target)
 from ..verifier import Verifier
 from ..verifier_state import read_prefixes
 from .distributed import DistInfo
@@ -101,7 +102,7 @@ class StageATask:
         x1 = self.targets(batch)
         flow, B = self.module.flow, x1.shape[0]
         x0 = draw_source(flow, x1.shape, generator, device=x1.device)
-        anchor = x1[:, 0] if flow.anchor else None
+        lead = lead_lengths(flow, B, x1.shape[1], generator, device=x1.device)  # clean positions per block, or None
         if self.module.cfg.prefix_state:
             context = read_prefixes(self.verifier.lm, batch["prefix"], batch["prefix_len"], self.embedding.weight)
         else:
@@ -110,11 +111,11 @@ class StageATask:
             times = [torch.full((B,), i / flow.euler_steps, device=x1.device) for i in range(flow.euler_steps)]
         else:
             times = [sample_t(flow, B, generator, device=x1.device)]
-        weights = position_weights(flow, x1.shape[1], x1.device)
+        weights = position_weights(flow, x1.shape[1], x1.device, lead)
         readout = self.readout() if flow.objective == "tokens" else None
         x, losses, metrics = interpolate(x0, x1, times[0]), [], {}
         for i, t in enumerate(times):
-            out = model(pin_anchor(x, anchor), t, *context)
+            out = model(pin_lead(x, x1, lead), t, *context)
             if flow.objective == "velocity":
                 per_position = (out.float() - velocity_target(x0, x1)).pow(2).mean(-1)
             else:
@@ -125,10 +126,11 @@ class StageATask:
                     x = (x + towards(readout.clean_estimate(logits), x, t) / len(times)).detach()
             losses.append((per_position * weights).mean(1))
         if flow.objective == "tokens":  # of the last step's logits: what decoding reads
-            correct = (logits.argmax(-1) == batch["block"]).float()
-            first = 1 if flow.anchor else 0
-            drafted = correct[:, first:]
-            metrics.update(accuracy=(drafted.sum(), drafted.numel()), accuracy_first=(correct[:, first].sum(), B))
+            correct = (logits.argmax(-1) == batch["block"]).float()  # at the drafted positions, the first of them
+            first = torch.zeros(B, dtype=torch.long, device=x1.device) if lead is None else lead
+            drafted = torch.arange(correct.shape[1], device=x1.device)[None] >= first[:, None]
+            metrics.update(accuracy=((correct * drafted).sum(), drafted.sum()),
+                           accuracy_first=(correct.gather(1, first[:, None].clamp(max=correct.shape[1] - 1)).sum(), B))
         losses, t = torch.cat(losses), torch.cat(times)
         sums, counts = loss_by_t_bin(losses, t, flow.t_bins)
         metrics["loss"] = (losses.detach().sum(), losses.numel())
