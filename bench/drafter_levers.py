@@ -22,6 +22,9 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
                          (DFlash's mask input) instead of noise; N > 1 from the lattice
     clsd_many_<converge>x  clsd_many trained for ``converge`` x the FLOPs: τ along training towards convergence
     clsd_many_mask_<converge>x, ar_many_<converge>x  the mask DiT and the AR drafter there too: each to convergence
+    clsd_many_mask_reveal_<converge>x  the reveal DiT (below) there too
+    clsd_many_mask_reveal_<converge>x_seed1, ar_many_<converge>x_seed1  both again with seed 1: is the margin larger
+                         than a seed's?
     clsd_many_mask_reveal  clsd_many_mask trained with flow.reveal 0.5: half the blocks hold a clean lead of
                          r ~ U{1..K-1} positions (the anchor and r - 1 true tokens), so the causal DiT learns to draft
                          after tokens it is given; decoded also with decode.redraft (every lattice candidate drafted
@@ -41,7 +44,8 @@ byte-level BPE, a mini Qwen3.5 verifier pretrained with ``stage lm``), at a 16-t
 Every ``long`` x run logs τ every ``curve_every`` steps: τ against training FLOPs. Each drafter is decoded at K = 16
 (the anchor / the verifier's own token first, then 15 drafted) on held-out prompts, with the ``exact`` rule (every
 output checked against greedy decoding) and the lossless ``sampling`` rule at T = 1, N = 1 and 4 (a DiT's N also as
-``decode.candidates: lattice``, one draft's top-k branches; a mask DiT's also with ``decode.redraft``, exact only);
+``decode.candidates: lattice``, one draft's top-k branches; a mask DiT's also with ``decode.redraft`` 1, a reveal
+DiT's with 1 and 2, exact only);
 the ablation's drafters at ``exact``, N = 1. ``--only`` trains and measures the named drafters alone. Per cell:
 τ (tokens committed per cycle), α_i = P(drafted token i accepted | tokens < i accepted) (under ``exact`` the
 verifier's own leading token excluded), tokens per verifier call, and the cycle's verification cost, N·K positions
@@ -136,6 +140,11 @@ def drafters(plan: Plan) -> dict[str, Drafter]:
             f"clsd_many_{plan.converge}x": Drafter("_many", plan.converge, lever, curve=True),
             f"clsd_many_mask_{plan.converge}x": Drafter("_many", plan.converge, {**lever, "flow": MASK}, curve=True),
             f"ar_many_{plan.converge}x": Drafter("_many", plan.converge, ar, curve=True),
+            f"clsd_many_mask_reveal_{plan.converge}x": Drafter("_many", plan.converge, {**lever, "flow": REVEAL},
+                                                               curve=True),
+            f"clsd_many_mask_reveal_{plan.converge}x_seed1": Drafter("_many", plan.converge,
+                                                                     {**lever, "flow": REVEAL}, curve=True, seed=1),
+            f"ar_many_{plan.converge}x_seed1": Drafter("_many", plan.converge, ar, curve=True, seed=1),
             "clsd_many_seed1": Drafter("_many", plan.long, lever, curve=True, seed=1),
             "clsd_many_mask_seed1": Drafter("_many", plan.long, {**lever, "flow": MASK}, curve=True, seed=1),
             "clsd_dense": Drafter("_dense", plan.long, lever, curve=True),
@@ -199,7 +208,8 @@ def budget(plan: Plan, lm: Verifier, runs: dict[str, Drafter]) -> dict:
 def cells(plan: Plan, runs: dict[str, Drafter]) -> list[tuple[str, str, int, str]]:
     """(drafter, rule, N, candidates): every drafter at every rule and N, a DiT's N > 1 also as a lattice; the
     ablation's drafters at the exact rule and N 1; a DiT with a fixed source (flow.source mask) has one draft, so its
-    N > 1 is the lattice only, and it is also decoded with the lattice redrafted after each pivot (exact, every N)."""
+    N > 1 is the lattice only, and it is also decoded with the lattice redrafted after each pivot (exact, every N;
+    a reveal DiT also with two redraft passes)."""
     out = []
     for name, d in runs.items():
         dit = d.sections["stage"] != "ar"
@@ -212,6 +222,8 @@ def cells(plan: Plan, runs: dict[str, Drafter]) -> list[tuple[str, str, int, str
                     out.append((name, rule, n, "lattice"))
                 if fixed and rule == "exact" and d.grid:
                     out.append((name, rule, n, "redraft"))
+                    if d.sections["flow"].reveal > 0:
+                        out.append((name, rule, n, "redraft2"))
     return out
 
 
@@ -277,7 +289,8 @@ def main() -> None:
             r = evaluate(EvalConfig(verifier=verifier, drafter=str(root / name), prompts=str(tokens / "val"),
                                     num_prompts=plan.prompts, out=str(out), device="cpu", decode=DecodeConfig(
                                         num_candidates=n, candidates="noise" if candidates == "noise" else "lattice",
-                                        redraft=candidates == "redraft", block_len=s.block_len,
+                                        redraft={"redraft": 1, "redraft2": 2}.get(candidates, 0),
+                                        block_len=s.block_len,
                                         max_new_tokens=plan.tokens, acceptance=rule, temperature=1.0)))
         sections = runs[name].sections  # the verifier's own next token leads (AR, anchor): accepted under exact
         given = r.get("given_tokens", int(rule == "exact" and (sections["stage"] == "ar" or sections["flow"].anchor)))

@@ -69,17 +69,21 @@ def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
     report = json.loads((tmp_path / "out" / "levers.json").read_text())
     names = {"ar", "ar_dist", "clsd", "clsd_dist", "ar_dist_2x", "clsd_dist_l2", "clsd_dist_attn", "clsd_dist_2step",
              "clsd_many", "ar_many_2x", "clsd_many_mask", "clsd_many_mask_reveal", "clsd_many_3x", "clsd_many_mask_3x",
-             "ar_many_3x", "clsd_many_seed1", "clsd_many_mask_seed1", "clsd_dense", "ar_dense_2x"}
+             "ar_many_3x", "clsd_many_mask_reveal_3x", "clsd_many_mask_reveal_3x_seed1", "ar_many_3x_seed1",
+             "clsd_many_seed1", "clsd_many_mask_seed1", "clsd_dense", "ar_dense_2x"}
     ablation = {"abl_seed", "abl_prefix", "abl_anchor", "abl_tokens", "abl_one_step", "abl_decay", "abl_decay_adaln"}
     assert {r["drafter"] for r in report["rows"]} == names | ablation
     exact = [r for r in report["rows"] if r["rule"] == "exact"]
     assert all(r["greedy_outputs"] == "2/2" for r in exact)
     assert all(1 <= r["tau"] <= r["K"] + 1 and all(0 <= a <= 1 for a in r["alpha"]) for r in report["rows"])
     cells = Counter((r["drafter"], r["rule"]) for r in report["rows"])  # N 1, 2 (and a DiT's lattice at N 2)
-    assert all(cells[name, rule] == (2 if name.startswith("ar") or "_mask" in name else 3) + 2 * (
-        "_mask" in name and rule == "exact") for name in names for rule in ("exact", "sampling"))
-    # a mask DiT: one draft, so N 2 is the lattice only; under exact also the lattice redrafted at N 1 and 2
+    assert all(cells[name, rule] == (2 if name.startswith("ar") or "_mask" in name else 3) + (rule == "exact") * (
+        2 * ("_mask" in name) + 2 * ("_reveal" in name)) for name in names for rule in ("exact", "sampling"))
+    # a mask DiT: one draft, so N 2 is the lattice only; under exact also the lattice redrafted at N 1 and 2 (a
+    # reveal DiT's also twice)
     assert {r["N"] for r in report["rows"] if r["candidates"] == "redraft"} == {1, 2}
+    assert {r["drafter"] for r in report["rows"] if r["candidates"] == "redraft2"} == {
+        "clsd_many_mask_reveal", "clsd_many_mask_reveal_3x", "clsd_many_mask_reveal_3x_seed1"}
     reveal = json.loads((tmp_path / "run" / "clsd_many_mask_reveal" / "export" / "dit_config.json").read_text())
     assert reveal["flow"]["reveal"] == 0.5 and reveal["flow"]["source"] == "mask"
     assert all(cells[name, "exact"] == 1 and cells[name, "sampling"] == 0 for name in ablation)
@@ -98,7 +102,7 @@ def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
                                                                                              "clsd_many")]
     assert [(c["seed"], c["data"]["seed"]) for c in seeded] == [(1, 1), (0, 0)]
     final = {name: curve[-1]["flops"] for name, curve in report["curves"].items()
-             if name not in ("clsd", "clsd_many_3x", "clsd_many_mask_3x", "ar_many_3x")}
+             if "_3x" not in name and name != "clsd"}
     assert max(final.values()) == pytest.approx(min(final.values()), rel=0.1)  # the long runs' FLOPs match
     assert (tmp_path / "run" / "distilled" / "manifest.json").is_file()
     distilled = json.loads((tmp_path / "run" / "distilled" / "manifest.json").read_text())

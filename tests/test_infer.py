@@ -176,8 +176,9 @@ def test_lattice_candidates_branch_one_sampling_and_stay_greedy(pair):
 def test_redraft_drafts_each_candidate_again_after_its_pivot(pair, n):
     """decode.redraft: the lattice's rows (the path and its branches, from one DiT pass) are drafted again after
     their pivots: positions up to the pivot keep the row's tokens, the rest are the argmax of an independent DiT
-    pass whose input holds the row's tokens clean up to the pivot and the mask after it; exact decoding stays
-    greedy. Without the lattice there is nothing to redraft."""
+    pass whose input holds the row's tokens clean up to the pivot and the mask after it; a second pass does the
+    same after each row's most likely failure in the first one's new tokens; exact decoding stays greedy. Without
+    the lattice there is nothing to redraft."""
     lm, base = pair
     dit = copy.deepcopy(base)
     dit.flow = FlowConfig(anchor=True, objective="tokens", euler_steps=1, source="mask", reveal=0.5)
@@ -205,17 +206,30 @@ def test_redraft_drafts_each_candidate_again_after_its_pivot(pair, n):
     rows[:, 0] = own
     plain = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=n, candidates="lattice"))
     assert plain.draft(h, states.repeat_interleave(n), len(ids), BLOCK).tolist() == rows.tolist()
-    dec = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=n, candidates="lattice", redraft=True,
-                                                   max_new_tokens=16))
-    again = dec.draft(h, states.repeat_interleave(n), len(ids), BLOCK)
-    expected = dit_tokens(rows, pivots + 1).argmax(-1)
+    def redrafted(passes):
+        dec = SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=n, candidates="lattice", redraft=passes,
+                                                       max_new_tokens=16))
+        return dec, dec.draft(h, states.repeat_interleave(n), len(ids), BLOCK)
+
+    dec, again = redrafted(1)
+    logits = dit_tokens(rows, pivots + 1)
+    expected = logits.argmax(-1)
     after = torch.arange(BLOCK)[None] > pivots[:, None]
     assert (pivots < BLOCK - 1).all() and after.any()
     assert torch.equal(again[~after], rows[~after]) and torch.equal(again[after], expected[after])
     assert not torch.equal(again, rows)  # the clean lead changed what follows it
     assert dec.generate(ids)[0] == greedy(lm, ids, 16)
+    dec, twice = redrafted(2)
+    following = torch.stack([branch_candidates(logits[j], 1, int(pivots[j]) + 1)[1][0] for j in range(n)])
+    assert (following > pivots).all()
+    expected = dit_tokens(again, following + 1).argmax(-1)
+    after = torch.arange(BLOCK)[None] > following[:, None]
+    assert torch.equal(twice[~after], again[~after]) and torch.equal(twice[after], expected[after])
+    assert dec.generate(ids)[0] == greedy(lm, ids, 16)
     with pytest.raises(ConfigError, match="decode.redraft.*decode.candidates lattice"):
-        SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=1, redraft=True))
+        SpeculativeDecoder(lm, dit, DecodeConfig(num_candidates=1, redraft=1))
+    with pytest.raises(ConfigError, match="decode.redraft.*>= 0"):
+        DecodeConfig(redraft=-1).validate()
 
 
 def test_mask_source_is_one_fixed_input_and_one_deterministic_draft(pair):

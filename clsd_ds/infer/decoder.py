@@ -8,10 +8,10 @@ One cycle, with the verifier's state S after the committed text and h its final-
     with flow.anchor, position 0 of every block is a = argmax lm_head(h), the verifier's own next token, pinned clean
     through the sampling (flow.py), and tokens^(n)_0 = a
     with candidates: lattice (logits reading), one sampling instead of N: tokens^(1) its argmax path, tokens^(2..N)
-    the path's most probable single-token branches (lattice.py); with redraft, one more batched DiT pass drafts
-    each candidate again after its pivot p (a branch's position, the path's most likely failure) from the same
-    source, positions 0..p held clean at the candidate's tokens (a drafter trained with flow.reveal has seen such
-    leads): tokens^(n)_{>p} = argmax of that pass's logits
+    the path's most probable single-token branches (lattice.py); with redraft R, R more batched DiT passes: each
+    drafts every candidate again after its pivot p (first a branch's position, or the path's most likely failure;
+    then the most likely failure after the last pivot) from the same source, positions 0..p held clean at the
+    candidate's tokens (a drafter trained with flow.reveal has seen such leads): tokens^(n)_{>p} = that pass's argmax
     logits^(n) = lm_head([h | verifier(E[tokens^(n)] | S)])   (S replicated N times: one forward for all)
     (n, a, next) = acceptance rule;  commit tokens^(n)[:a] + [next];  S, h <- verifier(committed | S)
 The state advance recomputes the committed tokens from S (one verifier pass of a + 1 tokens), which is exact for
@@ -53,7 +53,7 @@ class DecodeConfig:
     num_candidates: int = 32
     # noise: N samplings from N noises; lattice: one sampling, its argmax path and N - 1 branches (logits reading)
     candidates: Literal["noise", "lattice"] = "noise"
-    redraft: bool = False  # lattice: draft each candidate again after its pivot, its tokens up to it held clean
+    redraft: int = 0  # lattice: passes drafting each candidate again after its pivot, its tokens up to it held clean
     block_len: int | None = None  # tokens drafted per candidate; None: the DiT's block_len
     euler_steps: int | None = None  # sampler steps; None: the drafter's trained flow.euler_steps
     # drafted vectors -> tokens (module docstring); auto: logits for a drafter trained with flow.objective tokens,
@@ -69,6 +69,8 @@ class DecodeConfig:
     seed: int = 0  # drafting noise and sampling uniforms
 
     def validate(self) -> None:
+        if self.redraft < 0:
+            raise ConfigError(f"field 'decode.redraft': expected a number of passes >= 0, got {self.redraft}")
         for name in ("num_candidates", "euler_steps", "max_new_tokens", "min_block_len"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"field 'decode.{name}': expected a positive integer, got {getattr(self, name)}")
@@ -221,7 +223,9 @@ class SpeculativeDecoder:
             tokens, pivots = branch_candidates(logits[0], N, int(dit.flow.anchor))
             if dit.flow.anchor:
                 tokens[:, 0] = own[:, 0]
-            return self.redraft(tokens, pivots, x0, cond, shared, length, readout) if self.cfg.redraft else tokens
+            for _ in range(self.cfg.redraft):
+                tokens, pivots = self.redraft(tokens, pivots, x0, cond, shared, length, readout)
+            return tokens
         if self.reading == "logits":
             tokens = logits.argmax(-1)
         elif self.reading == "nearest":
@@ -234,13 +238,15 @@ class SpeculativeDecoder:
         return torch.cat([own, tokens[:, 1:]], 1) if dit.flow.anchor else tokens
 
     def redraft(self, tokens: torch.Tensor, pivots: torch.Tensor, x0: torch.Tensor, cond: torch.Tensor,
-                shared: LayerStates, length: int, readout: Readout) -> torch.Tensor:
+                shared: LayerStates, length: int, readout: Readout) -> tuple[torch.Tensor, torch.Tensor]:
         """``tokens`` [N, k] with every row that has positions after its pivot drafted again there, in one batched
-        sampling from the same source x0 with the row's positions 0..pivot held clean."""
+        sampling from the same source x0 with the row's positions 0..pivot held clean; and each row's next pivot,
+        the most likely failure of its new tokens (k where there is none)."""
         dit, k = self.drafter, tokens.shape[1]
         again = (pivots < k - 1).nonzero().flatten()
+        following = torch.full_like(pivots, k)
         if again.numel() == 0:
-            return tokens
+            return tokens, following
         m, lead = again.numel(), pivots[again] + 1
         clean = F.embedding(tokens[again], self.embedding).float() / dit.cfg.embed_scale
         prefix = None
@@ -251,7 +257,9 @@ class SpeculativeDecoder:
                                  x0[:1].expand(m, -1, -1), dit.flow, self.euler_steps, None, readout)
         after = torch.arange(k, device=tokens.device)[None] >= lead[:, None]
         tokens[again] = torch.where(after, logits.argmax(-1), tokens[again])
-        return tokens
+        for j, row in enumerate(again.tolist()):
+            following[row] = branch_candidates(logits[j], 1, int(lead[j]))[1][0]
+        return tokens, following
 
     def verify(self, tokens: torch.Tensor, shared: LayerStates, length: int, h: torch.Tensor) -> torch.Tensor:
         """Verifier logits [N, K+1, V] for all candidates in one forward from the state replicated N times."""

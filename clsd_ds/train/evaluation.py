@@ -8,6 +8,9 @@ and a task that trains a drafter, each rank also decodes its first P held-out pr
     τ = tokens committed / cycles        (summed over the ranks' prompts)
 
 with the sampler the drafter is trained with (its ``flow.euler_steps``: ``DecodeConfig.euler_steps`` is left unset).
+A DiT with a fixed source (``flow.source: mask``, tokens objective) has one draft: its candidates are the lattice of
+that draft (``decode.candidates: lattice``), drafted again after their pivots (``decode.redraft: 1``) when it trains
+with ``flow.reveal`` — as it is decoded.
 With ``train.keep_best_tau`` an evaluation whose τ beats every earlier one (across restarts too) exports the drafter
 to ``<run_dir>/best_tau/``; ``best_tau.json`` (τ, step) is written last.
 """
@@ -80,7 +83,10 @@ class Evaluator:
         if dist.is_initialized():
             dist.all_reduce(count, op=dist.ReduceOp.MIN)
         cycles = self.cfg.tau_cycles  # bounds the decoding (max_cycles below), not max_new_tokens
-        cfg = DecodeConfig(num_candidates=self.cfg.tau_candidates, max_new_tokens=1_000_000, seed=self.seed + step)
+        flow = getattr(self.task.module, "flow", None)  # a DiT's (Stage A); Stage C's velocity DiT and AR: noise
+        lattice = flow is not None and flow.source == "mask" and flow.objective == "tokens"
+        cfg = DecodeConfig(num_candidates=self.cfg.tau_candidates, candidates="lattice" if lattice else "noise",
+                           redraft=int(lattice and flow.reveal > 0), max_new_tokens=1_000_000, seed=self.seed + step)
         decoder = self.task.decoder(engine, self.dist.device, cfg)
         committed = sum(len(decoder.generate(p, max_cycles=cycles)[0]) for p in prompts[: int(count)])
         return committed, int(count) * cycles
