@@ -116,6 +116,15 @@ def test_drafter_levers_tiny_runs_every_stage_and_decodes_greedily(tmp_path):
     assert (tmp_path / "out" / "levers.png").stat().st_size > 1000
 
 
+def test_drafter_levers_only_names_drafters_of_the_plan(tmp_path):
+    """--only NAME: an unknown drafter is refused before anything is built, with the plan's names."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "drafter_levers.py"), "--tiny", "--run",
+                           str(tmp_path / "run"), "--only", "clsd_many_mask", "nope"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and "no drafter named nope" in done.stderr and "clsd_many_mask_reveal" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_shadow_loop_bench_tiny_measures_every_decoder_and_the_loop(tmp_path):
     """bench/shadow_loop.py --tiny: the quickstart base, a task set, the verifier's greedy and best-of-N, the CLSD
     decoder at the starting drafter and at every version the loop (Redis + primary + trainer processes) published,

@@ -37,6 +37,7 @@ def test_configs_load(name):
         assert cfg.decode.acceptance == "guillotine" and cfg.decode.num_candidates == 1 and cfg.rollouts == 8
     if name == "stage_a_recipe_9b.yaml":
         assert cfg.dit.prefix_state and cfg.flow.anchor and cfg.flow.objective == "tokens" and cfg.flow.euler_steps == 1
+        assert cfg.flow.source == "mask" and cfg.flow.reveal == 0.5
 
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "ds_configs").glob("*.json")), ids=lambda p: p.name)
