@@ -79,13 +79,12 @@ def test_prefix_state_drafter_runs_the_verifier_and_trains_only_the_dit():
         task.check_data(manifest, "shards/train")
 
 
-def test_anchored_token_objective_trains_only_the_drafted_positions():
-    """flow.anchor + objective tokens: the DiT's input at position 0 is the block's first token, clean; the loss is
-    the position-weighted CE of head(output) at positions 1.., and nothing flows back from position 0."""
+def _traced_token_loss(flow: FlowConfig):
+    """A 2-layer DiT's Stage A loss under ``flow`` on ``_batch`` (generator seed 7): (task, batch, loss, metrics,
+    the DiT's input and its output, which keeps its gradient)."""
     verifier = tiny_verifier()
     torch.manual_seed(0)
     dit = graft(verifier, DiTConfig(num_layers=2, block_len=BLOCK))
-    flow = FlowConfig(anchor=True, objective="tokens", position_decay=3.0)
     task = StageATask(dit, verifier, flow)
     manifest = Manifest(block_len=BLOCK, prefix_len=8, fields=["prefix", "block"], vocab_size=320)
     task.check_data(manifest, "shards")
@@ -93,19 +92,26 @@ def test_anchored_token_objective_trains_only_the_drafted_positions():
     with torch.no_grad():
         dit.final.linear.weight.normal_(0, 0.02)
     batch = _batch(False, False, verifier)
-    inputs, outputs = [], []
+    seen = []
 
     def hook(module, args, out):
-        inputs.append(args[0])
         out.retain_grad()
-        outputs.append(out)
+        seen.append((args[0], out))
 
     dit.register_forward_hook(hook)
     loss, metrics = task.loss(dit, batch, torch.Generator().manual_seed(7), 0)
-    torch.testing.assert_close(inputs[0][:, 0], task.targets(batch)[:, 0])
+    return task, batch, loss, metrics, *seen[0]
+
+
+def test_anchored_token_objective_trains_only_the_drafted_positions():
+    """flow.anchor + objective tokens: the DiT's input at position 0 is the block's first token, clean; the loss is
+    the position-weighted CE of head(output) at positions 1.., and nothing flows back from position 0."""
+    task, batch, loss, metrics, inputs, outputs = _traced_token_loss(
+        FlowConfig(anchor=True, objective="tokens", position_decay=3.0))
+    torch.testing.assert_close(inputs[:, 0], task.targets(batch)[:, 0])
     loss.backward()
-    assert outputs[0].grad[:, 0].abs().max() == 0 and outputs[0].grad[:, 1].abs().max() > 0
-    logits = verifier.lm.lm_head(outputs[0].detach()).float()
+    assert outputs.grad[:, 0].abs().max() == 0 and outputs.grad[:, 1].abs().max() > 0
+    logits = task.verifier.lm.lm_head(outputs.detach()).float()
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["block"].flatten(), reduction="none")
     w = torch.exp(-torch.arange(BLOCK - 1.0) / 3.0)
     expected = (ce.view(3, BLOCK)[:, 1:] * w / w.mean()).sum(1) / BLOCK
@@ -120,38 +126,21 @@ def test_reveal_trains_after_a_clean_lead_of_the_true_tokens():
     """flow.reveal: the DiT's input holds the block's true embeddings at positions < r (r from
     ``flow.lead_lengths`` with the step's generator) and the mask after them; the loss is the CE at positions >= r,
     decayed from r on, and nothing flows back from the lead; the accuracies count only drafted positions."""
-    verifier = tiny_verifier()
-    torch.manual_seed(0)
-    dit = graft(verifier, DiTConfig(num_layers=2, block_len=BLOCK))
     flow = FlowConfig(anchor=True, objective="tokens", position_decay=3.0, reveal=1.0, source="mask", euler_steps=1,
                       t_sampling="euler_grid")
-    task = StageATask(dit, verifier, flow)
-    task.setup(DistInfo(0, 1, 0, torch.device("cpu")), torch.float32,
-               Manifest(block_len=BLOCK, prefix_len=8, fields=["prefix", "block"], vocab_size=320))
-    with torch.no_grad():
-        dit.final.linear.weight.normal_(0, 0.02)
-    batch = _batch(False, False, verifier)
-    inputs, outputs = [], []
-
-    def hook(module, args, out):
-        inputs.append(args[0])
-        out.retain_grad()
-        outputs.append(out)
-
-    dit.register_forward_hook(hook)
-    loss, metrics = task.loss(dit, batch, torch.Generator().manual_seed(7), 0)
+    task, batch, loss, metrics, inputs, outputs = _traced_token_loss(flow)
     lead = lead_lengths(flow, 3, BLOCK, torch.Generator().manual_seed(7))  # the mask source draws nothing before it
     assert len(set(lead.tolist())) > 1 and (lead > 1).any()
     x1 = task.targets(batch)
     loss.backward()
     w = torch.exp(-torch.arange(BLOCK - 1.0) / 3.0)
-    logits = verifier.lm.lm_head(outputs[0].detach()).float()
+    logits = task.verifier.lm.lm_head(outputs.detach()).float()
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["block"].flatten(), reduction="none")
     expected = []
     for b, r in enumerate(lead.tolist()):
-        torch.testing.assert_close(inputs[0][b, :r], x1[b, :r])
-        assert (inputs[0][b, r:] == 1).all()
-        assert outputs[0].grad[b, :r].abs().max() == 0 and outputs[0].grad[b, r].abs().max() > 0
+        torch.testing.assert_close(inputs[b, :r], x1[b, :r])
+        assert (inputs[b, r:] == 1).all()
+        assert outputs.grad[b, :r].abs().max() == 0 and outputs.grad[b, r].abs().max() > 0
         wr = w[: BLOCK - r]
         expected.append((ce.view(3, BLOCK)[b, r:] * wr / wr.mean()).sum() / BLOCK)
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)

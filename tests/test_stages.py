@@ -110,7 +110,7 @@ def test_tau_during_training_uses_the_trained_sampler_steps(stage, steps, genera
 @pytest.mark.parametrize("reveal", [0.0, 0.5])
 def test_tau_during_training_decodes_a_mask_drafter_as_its_lattice(reveal, generator):
     """A one-draft DiT (flow.source mask) is evaluated on its lattice of N candidates: one DiT pass of one row per
-    cycle, and with flow.reveal one more pass drafting the N candidates again after their pivots."""
+    cycle, and with flow.reveal two more passes drafting the N candidates again after their pivots."""
     cfg = load_config(RunConfig, None, ["data.train=/x", "stage=a", "dit.num_layers=2", f"dit.block_len={BLOCK}",
                                         "flow.anchor=true", "flow.objective=tokens", "flow.euler_steps=1",
                                         "flow.t_sampling=euler_grid", "flow.source=mask", f"flow.reveal={reveal}",
@@ -125,4 +125,4 @@ def test_tau_during_training_decodes_a_mask_drafter_as_its_lattice(reveal, gener
     train = TrainConfig(tau_prompts=1, tau_cycles=2, tau_candidates=3)
     committed, cycles = Evaluator(task, batches, train, 0, CPU, "unused", None).tau(_Engine(task.module), 0)
     assert cycles == 2 and committed >= 2 * 2  # the anchor and the verifier's next token: at least 2 a cycle
-    assert calls == ([1, 3] if reveal else [1]) * cycles  # (an untrained DiT's pivots all lie before K - 1)
+    assert calls == ([1, 3, 3] if reveal else [1]) * cycles  # (an untrained DiT's pivots all lie before K - 1)

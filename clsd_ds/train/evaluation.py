@@ -9,8 +9,8 @@ and a task that trains a drafter, each rank also decodes its first P held-out pr
 
 with the sampler the drafter is trained with (its ``flow.euler_steps``: ``DecodeConfig.euler_steps`` is left unset).
 A DiT with a fixed source (``flow.source: mask``, tokens objective) has one draft: its candidates are the lattice of
-that draft (``decode.candidates: lattice``), drafted again after their pivots (``decode.redraft: 1``) when it trains
-with ``flow.reveal`` — as it is decoded.
+that draft (``decode.candidates: lattice``), drafted again after their pivots twice (``decode.redraft: 2``) when it
+trains with ``flow.reveal`` — as it is best decoded (docs/inference.md, "Which drafter?").
 With ``train.keep_best_tau`` an evaluation whose τ beats every earlier one (across restarts too) exports the drafter
 to ``<run_dir>/best_tau/``; ``best_tau.json`` (τ, step) is written last.
 """
@@ -86,7 +86,8 @@ class Evaluator:
         flow = getattr(self.task.module, "flow", None)  # a DiT's (Stage A); Stage C's velocity DiT and AR: noise
         lattice = flow is not None and flow.source == "mask" and flow.objective == "tokens"
         cfg = DecodeConfig(num_candidates=self.cfg.tau_candidates, candidates="lattice" if lattice else "noise",
-                           redraft=int(lattice and flow.reveal > 0), max_new_tokens=1_000_000, seed=self.seed + step)
+                           redraft=2 if lattice and flow.reveal > 0 else 0, max_new_tokens=1_000_000,
+                           seed=self.seed + step)
         decoder = self.task.decoder(engine, self.dist.device, cfg)
         committed = sum(len(decoder.generate(p, max_cycles=cycles)[0]) for p in prompts[: int(count)])
         return committed, int(count) * cycles
