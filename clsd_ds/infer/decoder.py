@@ -186,6 +186,15 @@ class SpeculativeDecoder:
         lengths = torch.full((B,), length, device=embeds.device)
         return continue_pass(self.lm, embeds, mask, lengths, states)
 
+    def _prefix(self, shared: LayerStates, rows: int, length: int) -> Prefix | None:
+        """What a prefix-state DiT reads for ``rows`` candidates: the first rows of ``shared`` after ``length``
+        committed tokens (None for a DiT conditioned on C alone)."""
+        if not self.drafter.cfg.prefix_state:
+            return None
+        device = self.embedding.device
+        return Prefix(shared.rows(rows), torch.ones(rows, length, dtype=torch.bool, device=device),
+                      torch.full((rows,), length, device=device))
+
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_input_embeddings()(ids)
 
@@ -197,12 +206,9 @@ class SpeculativeDecoder:
         lattice = self.cfg.candidates == "lattice"
         rows = 1 if lattice else N  # samplings
         cond = h[:, 0].expand(rows, -1)
-        prefix = None
         dit = self.drafter
         scale = dit.cfg.embed_scale
-        if dit.cfg.prefix_state:
-            prefix = Prefix(shared.rows(rows), torch.ones(rows, length, dtype=torch.bool, device=h.device),
-                            torch.full((rows,), length, device=h.device))
+        prefix = self._prefix(shared, rows, length)
         own = anchor = None  # the verifier's own next token: the anchor, or what a verifier reading starts with
         if dit.flow.anchor or self.reading == "verifier":
             own = self.lm.lm_head(h).argmax(-1).expand(N, 1)
@@ -249,10 +255,7 @@ class SpeculativeDecoder:
             return tokens, following
         m, lead = again.numel(), pivots[again] + 1
         clean = F.embedding(tokens[again], self.embedding).float() / dit.cfg.embed_scale
-        prefix = None
-        if dit.cfg.prefix_state:
-            prefix = Prefix(shared.rows(m), torch.ones(m, length, dtype=torch.bool, device=tokens.device),
-                            torch.full((m,), length, device=tokens.device))
+        prefix = self._prefix(shared, m, length)
         _, logits = sample_block(lambda x, t: dit(pin_lead(x, clean, lead), t, cond[:1].expand(m, -1), prefix),
                                  x0[:1].expand(m, -1, -1), dit.flow, self.euler_steps, None, readout)
         after = torch.arange(k, device=tokens.device)[None] >= lead[:, None]
