@@ -12,7 +12,8 @@ from torch.distributions import Categorical, Normal
 from clsd_ds.dit import DiTConfig
 from clsd_ds.flow import FlowConfig, Readout, pin_anchor, towards
 from clsd_ds.graft import graft
-from clsd_ds.shadow.policy import PolicyConfig, grpo_loss, group_advantages, log_prob, sample
+from clsd_ds.shadow.policy import Block, PolicyConfig, grpo_loss, group_advantages, log_prob, sample
+from clsd_ds.shadow.trajectory import decode, encode
 
 K = 6
 
@@ -138,3 +139,53 @@ def test_advantages_clipping_and_the_kl_term():
     assert stats["kl"] == pytest.approx(math.e - 2)  # exp(q) - q - 1 at q = 1
     with pytest.raises(ValueError, match="deterministic"):
         sample(lambda x, t: x, torch.zeros(1, 2, 3), FlowConfig(), 1, PolicyConfig(sigma=0.0))
+
+
+def test_the_trainer_recomputes_every_block_of_a_trajectory_in_one_batch(shadow_files, verifier_dir):
+    """The trainer's batched recomputation (all of a trajectory's prefixes in one verifier pass, all blocks in one DiT
+    pass) gives, per block, the log-probability the decoder drafted it with, and what one prefix pass and one DiT
+    pass per block give."""
+    from types import SimpleNamespace
+
+    from clsd_ds.graft import load_drafter
+    from clsd_ds.infer.decoder import DecodeConfig, SpeculativeDecoder
+    from clsd_ds.shadow.trainer import ShadowConfig, ShadowTask
+    from clsd_ds.verifier import Verifier, VerifierConfig
+    from clsd_ds.verifier_state import read_prefixes
+
+    verifier = Verifier.load(VerifierConfig(path=str(verifier_dir)))
+    dit = load_drafter(str(shadow_files / "drafter"), verifier)
+    with torch.no_grad():  # the fixture's zero init would make every logit equal
+        g = torch.Generator().manual_seed(2)
+        for name, p in dit.named_parameters():
+            if "adaLN" in name or name.startswith("final.linear"):
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    cfg = PolicyConfig(temperature=1.3)
+    decoder = SpeculativeDecoder(verifier.lm, dit.eval(), DecodeConfig(num_candidates=1, acceptance="guillotine",
+                                 threshold=0.0, max_new_tokens=14, block_len=4), policy=cfg)
+    prompt, rollouts = [1, 17, 40, 5, 88, 9], []
+    for seed in (0, 1, 2):
+        decoder.generator.manual_seed(seed)
+        decoder.trace = []
+        out, _ = decoder.generate(prompt)
+        rollouts.append({"completion": out, "reward": float(seed == 1),
+                         "cycles": [{**c, "states": encode(c["states"])} for c in decoder.trace]})
+    traj = {"prompt": prompt, "rollouts": rollouts}
+    task = ShadowTask(dit, verifier, cfg, ShadowConfig())
+    task.setup(SimpleNamespace(device=torch.device("cpu")), torch.float32, None)
+    new, old, ref, owner = task._block_logps(dit, traj, torch.device("cpu"))
+    assert new.requires_grad
+    new = new.detach()
+    cycles = [(j, c) for j, r in enumerate(rollouts) for c in r["cycles"]]
+    assert len(cycles) > len(rollouts) and len({c["length"] for _, c in cycles}) > 1  # several prefixes batched
+    assert owner == [j for j, _ in cycles]
+    assert torch.allclose(new, old, atol=1e-4) and torch.allclose(ref, old, atol=1e-4)
+    lm, readout = verifier.lm, task.readout()
+    for b, (j, c) in enumerate(cycles):  # one block at a time
+        text = torch.tensor([prompt + rollouts[j]["completion"]])[:, :c["length"]]
+        cond, prefix = read_prefixes(lm, text, torch.tensor([c["length"]]), task.embedding)
+        anchor = task.embedding[lm.lm_head(cond).argmax(-1)] / dit.cfg.embed_scale
+        block = Block(torch.stack([torch.as_tensor(decode(c["states"]))], 1), torch.tensor([c["tokens"]]),
+                      torch.tensor([c["logp"]]))
+        one = log_prob(lambda x, t: dit(x, t, cond, prefix), block, dit.flow, cfg, anchor, readout)
+        assert float(one.detach()) == pytest.approx(float(new[b]), abs=1e-4)

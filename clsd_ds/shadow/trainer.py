@@ -162,30 +162,36 @@ class ShadowTask:
             return None
         return Readout(self.verifier.lm.lm_head, self.embedding, self.module.cfg.embed_scale)
 
-    def _block_logps(self, model, traj: dict, device) -> tuple[list, list, list, list]:
-        """(log π_θ, log π_old, log π_ref) of every drafted block of the trajectory's rollouts, and each block's
-        rollout index."""
+    def _block_logps(self, model, traj: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+        """(log π_θ, log π_old, log π_ref) [B] of the trajectory's B drafted blocks (every cycle of every rollout),
+        and each block's rollout index. The blocks of one length K (a cycle may draft fewer than block_len tokens)
+        are one batch: their prefixes (each a prefix of its rollout's text: the prompt and the tokens committed
+        before the cycle) go through the verifier in one prefix pass, the blocks through the DiT in one pass each
+        for θ and the reference."""
         flow, lm, scale = self.module.flow, self.verifier.lm, self.module.cfg.embed_scale
-        prompt, new, old, ref, owner = traj["prompt"], [], [], [], []
         readout = self.readout()
+        by_len: dict[int, list] = {}
         for j, rollout in enumerate(traj["rollouts"]):
-            text = torch.tensor([prompt + rollout["completion"]], device=device)
+            text = traj["prompt"] + rollout["completion"]
             for c in rollout["cycles"]:
-                L = c["length"]
-                cond, prefix = read_prefixes(lm, text[:, :L], torch.tensor([L], device=device), self.embedding)
-                anchor = None
-                if flow.anchor:
-                    anchor = self.embedding[lm.lm_head(cond).argmax(-1)] / scale
-                block = Block(decode(c["states"]).to(device)[:, None], torch.tensor([c["tokens"]], device=device),
-                              torch.tensor([c["logp"]], device=device))
-                ctx = (cond, prefix) if self.module.cfg.prefix_state else (cond,)
-                new.append(log_prob(lambda x, t: model(x, t, *ctx), block, flow, self.policy, anchor, readout))
-                with torch.no_grad():
-                    ref.append(log_prob(lambda x, t: self.reference(x, t, *ctx), block, flow, self.policy, anchor,
-                                        readout))
-                old.append(block.logp)
-                owner.append(j)
-        return new, old, ref, owner
+                by_len.setdefault(len(c["tokens"]), []).append((text[:c["length"]], c, j))
+        new, old, ref, owner = [], [], [], []
+        for group in by_len.values():
+            lengths = torch.tensor([len(p) for p, _, _ in group], device=device)
+            ids = torch.tensor([p + [0] * (int(lengths.max()) - len(p)) for p, _, _ in group], device=device)
+            cond, prefix = read_prefixes(lm, ids, lengths, self.embedding)
+            anchor = self.embedding[lm.lm_head(cond).argmax(-1)] / scale if flow.anchor else None
+            block = Block(torch.stack([decode(c["states"]) for _, c, _ in group], 1).to(device),
+                          torch.tensor([c["tokens"] for _, c, _ in group], device=device),
+                          torch.tensor([float(c["logp"]) for _, c, _ in group], device=device))
+            ctx = (cond, prefix) if self.module.cfg.prefix_state else (cond,)
+            new.append(log_prob(lambda x, t: model(x, t, *ctx), block, flow, self.policy, anchor, readout))
+            with torch.no_grad():
+                ref.append(log_prob(lambda x, t: self.reference(x, t, *ctx), block, flow, self.policy, anchor,
+                                    readout))
+            old.append(block.logp)
+            owner += [j for _, _, j in group]
+        return torch.cat(new), torch.cat(old), torch.cat(ref), owner
 
     def loss(self, model, batch: dict, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
         device = self.embedding.device
@@ -194,17 +200,18 @@ class ShadowTask:
             r = torch.tensor([float(x["reward"]) for x in traj["rollouts"]])
             a = group_advantages(r)
             new_t, old_t, ref_t, owner = self._block_logps(model, traj, device)
-            logp += new_t
-            old += old_t
-            ref += ref_t
+            logp.append(new_t)
+            old.append(old_t)
+            ref.append(ref_t)
             adv += [a[j] for j in owner]
             rewards.append(r)
         loss, stats = grpo_loss(torch.cat(logp), torch.cat(old), torch.stack(adv).to(device), torch.cat(ref),
                                 self.policy)
         r = torch.cat(rewards)
-        metrics = {"loss": (loss.detach() * len(logp), len(logp)), "reward": (r.sum(), r.numel()),
-                   "blocks": (torch.tensor(float(len(logp))), len(batch["trajectories"])),
-                   **{k: (torch.tensor(v * len(logp)), len(logp)) for k, v in stats.items()}}
+        blocks = len(adv)
+        metrics = {"loss": (loss.detach() * blocks, blocks), "reward": (r.sum(), r.numel()),
+                   "blocks": (torch.tensor(float(blocks)), len(batch["trajectories"])),
+                   **{k: (torch.tensor(v * blocks), blocks) for k, v in stats.items()}}
         return loss, metrics
 
     def flops_per_token(self) -> float:
