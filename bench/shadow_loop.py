@@ -56,7 +56,8 @@ class Plan:
     tokens: int = 48  # new tokens per completion
     updates: int = 60  # trainer updates
     batch: int = 4  # trajectories per update
-    save_every: int = 20  # a version every this many updates (each one measured)
+    save_every: int = 20  # a version every this many updates
+    measure_every: int = 20  # the versions measured on the held-out tasks: every this many updates
     lr: float = 1e-4
     threshold: float = 0.1  # guillotine
     temperature: float = 1.0
@@ -64,9 +65,11 @@ class Plan:
 
 FULL = Plan(QuickstartConfig(run_dir="", documents=4000, verifier_steps=4000, decode_prompts=2, progress=False),
             tasks=200, heldout=40, tokens=64, updates=40)
+LOOP = ("threshold", "temperature", "updates", "save_every")  # what a run directory's measured cells depend on
 TINY_PLAN = Plan(QuickstartConfig(run_dir="", documents=120, verifier=dict(TINY), verifier_steps=4,
                                   distill_shards=1, clsd_steps=4, decode_prompts=1, decode_tokens=4, num_workers=0,
-                                  progress=False), tasks=10, heldout=3, n=2, tokens=6, updates=2, batch=1, save_every=1)
+                                  progress=False), tasks=10, heldout=3, n=2, tokens=6, updates=2, batch=1, save_every=1,
+                  measure_every=1)
 
 
 def decode_cfg(plan: Plan) -> DecodeConfig:
@@ -170,14 +173,24 @@ def run_loop(root: Path, base: Path, tasks: Path, plan: Plan) -> dict:
     return summary
 
 
-def group_verdicts(primary_out: Path) -> dict:
+def group_verdicts(primary_out: Path, round_tasks: int) -> tuple[dict, list[dict]]:
     """How many of the loop's groups (one task's N rollouts) were all pass, all fail, or mixed: only a mixed group
-    has a nonzero group-relative advantage, so only mixed groups carry a policy gradient."""
+    has a nonzero group-relative advantage, so only mixed groups carry a policy gradient. And per round (the primary
+    goes through all ``round_tasks`` training tasks once per round, in a new order): the mean reward of the
+    rollouts the loop drafted, and the drafter versions that drafted them — the training tasks' learning curve,
+    free of the task order."""
     sent = [json.loads(line) for line in (primary_out / "metrics.jsonl").read_text().splitlines()]
     passed = [sum(m["rewards"]) for m in sent]
     n = [len(m["rewards"]) for m in sent]
-    return {"mixed": sum(0 < p < k for p, k in zip(passed, n)), "all_pass": sum(p == k for p, k in zip(passed, n)),
-            "all_fail": passed.count(0)}
+    groups = {"mixed": sum(0 < p < k for p, k in zip(passed, n)),
+              "all_pass": sum(p == k for p, k in zip(passed, n)), "all_fail": passed.count(0)}
+    rounds = []
+    for start in range(0, len(sent) - round_tasks + 1, round_tasks):  # complete rounds only
+        part = sent[start:start + round_tasks]
+        rounds.append({"round": start // round_tasks, "tasks": len(part),
+                       "mean_reward": sum(sum(m["rewards"]) for m in part) / sum(len(m["rewards"]) for m in part),
+                       "versions": [min(m["version"] for m in part), max(m["version"] for m in part)]})
+    return groups, rounds
 
 
 def main() -> None:
@@ -187,12 +200,21 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--threshold", type=float, default=None, help="the guillotine's threshold instead of the plan's")
     ap.add_argument("--temperature", type=float, default=None, help="the policy's temperature instead of the plan's")
+    ap.add_argument("--updates", type=int, default=None, help="the trainer's updates instead of the plan's")
+    ap.add_argument("--save-every", type=int, default=None, help="a drafter version every this many updates")
+    ap.add_argument("--measure-every", type=int, default=None,
+                    help="measure the versions every this many updates on the held-out tasks (a multiple of "
+                         "--save-every; default: every version)")
     args = ap.parse_args()
     plan = TINY_PLAN if args.tiny else FULL
-    plan = replace(plan, threshold=plan.threshold if args.threshold is None else args.threshold,
-                   temperature=plan.temperature if args.temperature is None else args.temperature)
+    given = {"threshold": args.threshold, "temperature": args.temperature, "updates": args.updates,
+             "save_every": args.save_every, "measure_every": args.measure_every or args.save_every}
+    plan = replace(plan, **{k: v for k, v in given.items() if v is not None})
+    if plan.updates < 1 or plan.save_every < 1 or plan.measure_every % plan.save_every:
+        raise SystemExit(f"--updates {plan.updates} / --save-every {plan.save_every}: expected positive integers, and "
+                         f"--measure-every {plan.measure_every} a multiple of --save-every")
     root, t0 = Path(args.run).resolve(), time.time()
-    rule, rule_file = {"threshold": plan.threshold, "temperature": plan.temperature}, root / "rule.json"
+    rule, rule_file = {k: getattr(plan, k) for k in LOOP}, root / "rule.json"
     if rule_file.is_file() and json.loads(rule_file.read_text()) != rule:  # its measured cells are for that rule
         raise SystemExit(f"{root} was measured with {rule_file.read_text().strip()}, not {json.dumps(rule)}: give "
                          f"another --run (copy its base/ and tasks.jsonl there to reuse them)")
@@ -221,9 +243,10 @@ def main() -> None:
     if "clsd_v0" not in measured:
         measured["clsd_v0"] = clsd_solve_rate(primary, str(base / "clsd"), heldout, plan)
     cache.write_text(json.dumps(measured, indent=1))
-    loop = {**run_loop(root, base, tasks, plan), "groups": group_verdicts(root / "primary")}
+    loop = run_loop(root, base, tasks, plan)
+    loop["groups"], loop["rounds"] = group_verdicts(root / "primary", len(read_tasks(tasks, "train")))
     for v in loop["versions"]:
-        if f"clsd_v{v}" not in measured:
+        if v % plan.measure_every == 0 and f"clsd_v{v}" not in measured:
             measured[f"clsd_v{v}"] = clsd_solve_rate(primary, str(root / "loop" / "versions" / f"v{v}"), heldout, plan)
             cache.write_text(json.dumps(measured, indent=1))
     report = {"plan": {k: v for k, v in vars(plan).items() if k != "base"}, "base": vars(plan.base),
@@ -255,6 +278,10 @@ def table(report: dict) -> str:
                  f"{loop['primary_trajectories_per_s']:.3f}/s from the "
                  f"primary; {loop['trainer_updates_per_s']:.3f} updates/s; version lag mean "
                  f"{loop['version_lag_mean']:.2f}, max {loop['version_lag_max']}; stream {loop['stream']}")
+    if loop.get("rounds"):
+        lines += ["", "| round (every training task once) | drafted by versions | mean reward |", "|---|---|---|"]
+        lines += [f"| {r['round']} | {r['versions'][0]}–{r['versions'][1]} | {r['mean_reward']:.3f} |"
+                  for r in loop["rounds"]]
     return "\n".join(lines) + "\n"
 
 
@@ -266,14 +293,22 @@ def plot(report: dict, path: Path) -> None:
 
     m = report["measured"]
     versions = sorted(int(k[6:]) for k in m if k.startswith("clsd_v"))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rounds = report["loop"].get("rounds") or []
+    fig, axes = plt.subplots(1, 2 if rounds else 1, figsize=(12 if rounds else 7, 4.5), squeeze=False)
+    ax = axes[0, 0]
     ax.plot(versions, [m[f"clsd_v{v}"]["best_of_n"] for v in versions], marker="o", label="CLSD (verifier's pick)")
+    ax.plot(versions, [m[f"clsd_v{v}"]["mean_reward"] for v in versions], marker="^", label="CLSD mean reward")
     ax.plot(versions, [m[f"clsd_v{v}"]["pass_at_n"] for v in versions], marker="s", label="CLSD pass@N")
     ax.axhline(m["verifier"]["greedy"], color="gray", linestyle="--", label="verifier greedy")
     ax.axhline(m["verifier"]["best_of_n"], color="black", linestyle=":", label="verifier best-of-N")
     ax.set_xlabel("trainer updates")
     ax.set_ylabel("held-out solve rate")
     ax.legend(fontsize=8)
+    if rounds:
+        ax = axes[0, 1]
+        ax.plot([r["round"] for r in rounds], [r["mean_reward"] for r in rounds], marker="o")
+        ax.set_xlabel("round (the primary through every training task once)")
+        ax.set_ylabel("mean reward of the loop's rollouts (training tasks)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -135,28 +135,49 @@ def test_shadow_loop_bench_tiny_measures_every_decoder_and_the_loop(tmp_path):
         pytest.skip(redis_server.available())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(REPO / "bench" / "shadow_loop.py"), "--tiny", "--run",
-                           str(tmp_path / "run"), "--out", str(tmp_path / "out" / "shadow")], env=env, cwd=REPO,
-                          capture_output=True, text=True)
+                           str(tmp_path / "run"), "--out", str(tmp_path / "out" / "shadow"), "--updates", "3",
+                           "--measure-every", "2"], env=env, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "shadow.json").read_text())
-    assert set(report["measured"]) == {"verifier", "clsd_v0", "clsd_v1", "clsd_v2"}  # updates 2, a version each
+    assert set(report["measured"]) == {"verifier", "clsd_v0", "clsd_v2"}  # a version each update, every 2nd measured
     assert all(0 <= v <= 1 for r in report["measured"].values() for v in r.values() if not isinstance(v, list))
     n = report["heldout_tasks"]
     verifier = report["measured"]["verifier"]
     assert len(verifier["greedy_solved"]) == round(verifier["greedy"] * n)
-    for key in ("clsd_v0", "clsd_v1", "clsd_v2"):  # the tasks solved, by index: what greedy did not solve is counted
+    for key in ("clsd_v0", "clsd_v2"):  # the tasks solved, by index: what greedy did not solve is counted
         solved = report["measured"][key]["solved"]
         assert set(solved) <= set(range(n)) and len(solved) == round(report["measured"][key]["best_of_n"] * n)
     assert "solved, not by greedy" in (tmp_path / "out" / "shadow.md").read_text()
     loop = report["loop"]
-    assert loop["versions"] == [1, 2] and loop["trajectories"] >= 2 and loop["version_lag_max"] >= 0
-    assert loop["stream"]["pending"] == 0 and [e["step"] for e in loop["train"]] == [1, 2]
+    assert loop["versions"] == [1, 2, 3] and loop["trajectories"] >= 3 and loop["version_lag_max"] >= 0
+    assert loop["stream"]["pending"] == 0 and [e["step"] for e in loop["train"]] == [1, 2, 3]
     assert sum(loop["groups"].values()) == loop["trajectories"]  # each group all pass, all fail or mixed
     other = subprocess.run([sys.executable, str(REPO / "bench" / "shadow_loop.py"), "--tiny", "--run",
                             str(tmp_path / "run"), "--threshold", "0.5"], env=env, cwd=REPO, capture_output=True,
                            text=True)  # its cells are for the plan's rule: another one is refused, nothing rewritten
     assert other.returncode != 0 and '"threshold": 0.1' in other.stderr and "another --run" in other.stderr
+    other = subprocess.run([sys.executable, str(REPO / "bench" / "shadow_loop.py"), "--tiny", "--run",
+                            str(tmp_path / "run")], env=env, cwd=REPO, capture_output=True, text=True)
+    assert other.returncode != 0 and '"updates": 3' in other.stderr  # nor a loop of another length
     assert (tmp_path / "out" / "shadow.png").stat().st_size > 1000
+
+
+def test_shadow_loop_counts_groups_and_the_mean_reward_of_each_round_of_training_tasks(tmp_path):
+    """The loop's training curve free of the task order: the primary's lines cut into rounds of every training task
+    once (an incomplete last round left out); and the groups all pass / all fail / mixed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shadow_loop", REPO / "bench" / "shadow_loop.py")
+    bench = sys.modules["shadow_loop"] = importlib.util.module_from_spec(spec)  # its dataclasses look it up there
+    spec.loader.exec_module(bench)
+    rewards = [[1, 1], [0, 0], [0, 1], [1, 0], [1, 1], [1, 1], [0, 0]]
+    versions = [0, 0, 2, 2, 4, 6, 6]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"rewards": r, "version": v}) + "\n"
+                                                    for r, v in zip(rewards, versions)))
+    groups, rounds = bench.group_verdicts(tmp_path, round_tasks=3)
+    assert groups == {"mixed": 2, "all_pass": 3, "all_fail": 2}
+    assert rounds == [{"round": 0, "tasks": 3, "mean_reward": 0.5, "versions": [0, 2]},
+                      {"round": 1, "tasks": 3, "mean_reward": 5 / 6, "versions": [2, 6]}]
 
 
 def test_gpu_check_tiny_runs_every_part_in_its_own_process_and_reports_each_target(tmp_path):
