@@ -89,7 +89,7 @@ def score(lm, prompt: list[int], completion: list[int]) -> float:
 
 def verifier_baselines(primary: Primary, tasks: list[dict], plan: Plan) -> dict:
     """Greedy, best-of-N by the verifier's score and pass@N, sampling from the verifier at T = 1."""
-    lm, tok, checker = primary.verifier.lm, primary.tokenizer, primary.checker
+    lm, tok = primary.verifier.lm, primary.tokenizer
     greedy, best, any_pass = [], 0, 0
     for i, task in enumerate(tasks):
         ids = [document_start_id(tok)] + tok(task["prompt"], add_special_tokens=False)["input_ids"]
@@ -98,9 +98,9 @@ def verifier_baselines(primary: Primary, tasks: list[dict], plan: Plan) -> dict:
             torch.manual_seed(i)
             s = lm.generate(torch.tensor([ids] * plan.n), max_new_tokens=plan.tokens, do_sample=True,
                             temperature=1.0, top_k=0)[:, len(ids):].tolist()
-        if checker.check(task, tok.decode(g, skip_special_tokens=True)).status == "pass":
+        if primary.check(task, tok.decode(g, skip_special_tokens=True)).status == "pass":
             greedy.append(i)
-        verdicts = [checker.check(task, tok.decode(x, skip_special_tokens=True)).status == "pass" for x in s]
+        verdicts = [primary.check(task, tok.decode(x, skip_special_tokens=True)).status == "pass" for x in s]
         best += verdicts[max(range(plan.n), key=lambda j: score(lm, ids, s[j]))]
         any_pass += any(verdicts)
     n = len(tasks)

@@ -8,7 +8,7 @@
     distill        shards whose blocks are the verifier's own continuations of their prefixes (data-parallel)
     eval           speculative decoding of held-out prompts: τ, time split, speedup over the verifier alone
     generate       decode one prompt (--prompt TEXT) with the drafter and print the text and τ
-    shadow-tasks   write the shadow loop's task set (worked arithmetic problems, a held-out split)
+    shadow-tasks   write the shadow loop's task set (arithmetic problems or Python functions, held-out split)
     shadow-primary the shadow loop's primary: draft, verify objectively, send trajectories to Redis (the trainer
                    is ``train stage=shadow``); SIGTERM/SIGINT: finish the task in hand, send what is queued, exit
     train          a training run of one stage (below); launch it with deepspeed, torchrun, mpirun or srun, or

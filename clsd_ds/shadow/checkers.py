@@ -1,4 +1,4 @@
-"""Objective verdicts on decoded text: a pluggable ``Checker`` interface and the arithmetic checker.
+"""Objective verdicts on decoded text: a pluggable ``Checker`` interface, the arithmetic and the Python checker.
 
 A checker maps (task, completion) to a ``Verdict``: ``pass`` / ``fail`` / ``timeout`` / ``error``, with the reason.
 The reward of the shadow loop is 1 for ``pass`` and 0 otherwise; what the checker runs, it runs in the sandbox.
@@ -9,6 +9,14 @@ program evaluates the task's ``compute`` expression (the reference answer, from 
 the left side of every stated equation. Pass iff the answer equals the reference and every stated equation holds;
 a completion without an answer line fails. The host only compares what the program printed with what it parsed,
 so a completion cannot make itself pass except by being right.
+
+``PythonChecker`` (``functions.py``'s tasks): the completion is the function's body, what follows the prompt's
+signature and docstring, up to its first line that is not indented (the end of the function). The sandbox runs the
+prompt, the body and a harness that calls the function on each case's inputs and prints what it returned (or the
+exception it raised) as one JSON line. The expected outputs never enter the sandbox: the host compares. Pass iff
+every case returned its expected value; code written by a model runs only in the sandbox, under its limits.
+
+``CHECKERS`` maps a task's ``checker`` field to its class.
 
 Lean 4 is not here: no Lean toolchain installs from this project's registries (PyPI, Debian, npm). A Lean checker
 would be one more ``Checker`` (write the proof to a file, run ``lake env lean`` in the sandbox's directory, pass
@@ -79,3 +87,57 @@ class ArithmeticChecker:
         if wrong:
             return Verdict("fail", "wrong step: " + "; ".join(wrong), run.seconds)
         return Verdict("pass", "", run.seconds)
+
+
+HARNESS = """
+import json as _json
+_results = []
+for _args in {args!r}:
+    try:
+        _results.append(["returned", {entry}(*_args)])
+    except Exception as _exc:
+        _results.append(["raised", type(_exc).__name__])
+print(_json.dumps(_results, default=repr))
+"""
+
+
+class PythonChecker:
+    def __init__(self, sandbox: Sandbox):
+        self.sandbox = sandbox
+
+    @staticmethod
+    def body(completion: str) -> str:
+        """The function's body: the completion up to its first non-empty line that is not indented."""
+        lines = completion.split("\n")
+        for i, line in enumerate(lines):  # the prompt ends with a newline: the completion starts a line
+            if line.strip() and not line[0].isspace():
+                return "\n".join(lines[:i])
+        return completion
+
+    def check(self, task: dict, completion: str) -> Verdict:
+        body = self.body(completion)
+        if not body.strip():
+            return Verdict("fail", "empty function body")
+        args = [a for a, _ in task["cases"]]
+        run = self.sandbox.run(task["prompt"] + body + "\n" + HARNESS.format(args=args, entry=task["entry"]))
+        if run.status != "ok" or run.exit_code != 0:
+            return Verdict("timeout" if run.status == "timeout" else "error",
+                           run.reason or f"exit code {run.exit_code}: {run.stderr.strip()[-200:]}", run.seconds)
+        try:
+            results = json.loads(run.stdout.strip().splitlines()[-1])
+            results = [(str(kind), value) for kind, value in results]
+        except (json.JSONDecodeError, IndexError, TypeError, ValueError):
+            return Verdict("error", f"unreadable check output {run.stdout[-200:]!r}", run.seconds)
+        if len(results) != len(task["cases"]):
+            return Verdict("error", f"{len(results)} results for {len(task['cases'])} cases", run.seconds)
+        for (args, expected), (kind, value) in zip(task["cases"], results):
+            call = f"{task['entry']}({', '.join(map(repr, args))})"
+            if kind != "returned":
+                return Verdict("fail", f"{call} raised {value}", run.seconds)
+            if value != expected or type(value) is not type(expected):
+                return Verdict("fail", f"{call} returned {value!r}, expected {expected!r}", run.seconds)
+        return Verdict("pass", "", run.seconds)
+
+
+CHECKERS = {"arithmetic": ArithmeticChecker, "python": PythonChecker}
+

@@ -30,7 +30,7 @@ from ..config import ConfigError
 from ..graft import load_drafter
 from ..infer.decoder import DecodeConfig, SpeculativeDecoder
 from ..verifier import Verifier, VerifierConfig, document_start_id, load_tokenizer
-from .checkers import ArithmeticChecker
+from .checkers import CHECKERS, Verdict
 from .policy import PolicyConfig
 from .sandbox import Sandbox, SandboxConfig
 from .tasks import read_tasks
@@ -81,7 +81,8 @@ class Primary:
         self.tasks = read_tasks(cfg.tasks, cfg.split)
         if not self.tasks:
             raise ConfigError(f"{cfg.tasks}: no task in split {cfg.split!r}")
-        self.checker = ArithmeticChecker(Sandbox(cfg.sandbox))
+        sandbox = Sandbox(cfg.sandbox)
+        self.checkers = {name: CHECKERS[name](sandbox) for name in {t["checker"] for t in self.tasks}}
         self.transport = Transport(cfg.shadow.redis, cfg.shadow.prefix, cfg.shadow.max_len)
         self.version, self.decoder = 0, self._decoder(load_drafter(cfg.drafter, self.verifier))
         self.pending: deque = deque()
@@ -136,9 +137,13 @@ class Primary:
         out, _ = d.generate(ids, eos_id=self.tokenizer.eos_token_id)
         cycles, d.trace = d.trace, None
         text = self.tokenizer.decode(out, skip_special_tokens=True)
-        verdict = self.checker.check(task, text)
+        verdict = self.check(task, text)
         return {"prompt": ids, "completion": out, "text": text, "verdict": verdict.status, "reason": verdict.reason,
                 "reward": verdict.reward, "cycles": [{**c, "states": encode(c["states"])} for c in cycles]}
+
+    def check(self, task: dict, text: str) -> Verdict:
+        """The verdict of the task's own checker (its ``checker`` field) on a decoded completion."""
+        return self.checkers[task["checker"]].check(task, text)
 
     def task_group(self, task: dict, seed: int) -> dict:
         rollouts = [self.rollout(task, seed * 1000 + j) for j in range(self.cfg.rollouts)]
