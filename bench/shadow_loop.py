@@ -61,11 +61,12 @@ class Plan:
     lr: float = 1e-4
     threshold: float = 0.1  # guillotine
     temperature: float = 1.0
+    credit: str = "decided"  # policy.credit: the draws a block's log-probability scores
 
 
 FULL = Plan(QuickstartConfig(run_dir="", documents=4000, verifier_steps=4000, decode_prompts=2, progress=False),
             tasks=200, heldout=40, tokens=64, updates=40)
-LOOP = ("threshold", "temperature", "updates", "save_every")  # what a run directory's measured cells depend on
+LOOP = ("threshold", "temperature", "updates", "save_every", "credit")  # what a run directory's cells depend on
 TINY_PLAN = Plan(QuickstartConfig(run_dir="", documents=120, verifier=dict(TINY), verifier_steps=4,
                                   distill_shards=1, clsd_steps=4, decode_prompts=1, decode_tokens=4, num_workers=0,
                                   progress=False), tasks=10, heldout=3, n=2, tokens=6, updates=2, batch=1, save_every=1,
@@ -137,7 +138,8 @@ def run_loop(root: Path, base: Path, tasks: Path, plan: Plan) -> dict:
                                 f"drafter={drafter}", f"tokenizer={base / 'tokenizer'}", f"tasks={tasks}",
                                 f"rollouts={plan.n}", "decode.num_candidates=1", "decode.acceptance=guillotine",
                                 f"decode.threshold={plan.threshold}", f"decode.max_new_tokens={plan.tokens}",
-                                f"policy.temperature={plan.temperature}", f"shadow.redis={server.url}",
+                                f"policy.temperature={plan.temperature}", f"policy.credit={plan.credit}",
+                                f"shadow.redis={server.url}",
                                 f"out={root / 'primary'}"], cwd=REPO, env=env,
                                stdout=open(root / "primary.log", "ab"), stderr=subprocess.STDOUT)
     t0 = time.time()
@@ -200,6 +202,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--threshold", type=float, default=None, help="the guillotine's threshold instead of the plan's")
     ap.add_argument("--temperature", type=float, default=None, help="the policy's temperature instead of the plan's")
+    ap.add_argument("--credit", choices=("decided", "block"), default=None, help="policy.credit instead of the plan's")
     ap.add_argument("--updates", type=int, default=None, help="the trainer's updates instead of the plan's")
     ap.add_argument("--save-every", type=int, default=None, help="a drafter version every this many updates")
     ap.add_argument("--measure-every", type=int, default=None,
@@ -207,15 +210,17 @@ def main() -> None:
                          "--save-every; default: every version)")
     args = ap.parse_args()
     plan = TINY_PLAN if args.tiny else FULL
-    given = {"threshold": args.threshold, "temperature": args.temperature, "updates": args.updates,
-             "save_every": args.save_every, "measure_every": args.measure_every or args.save_every}
+    given = {"threshold": args.threshold, "temperature": args.temperature, "credit": args.credit,
+             "updates": args.updates, "save_every": args.save_every,
+             "measure_every": args.measure_every or args.save_every}
     plan = replace(plan, **{k: v for k, v in given.items() if v is not None})
     if plan.updates < 1 or plan.save_every < 1 or plan.measure_every % plan.save_every:
         raise SystemExit(f"--updates {plan.updates} / --save-every {plan.save_every}: expected positive integers, and "
                          f"--measure-every {plan.measure_every} a multiple of --save-every")
     root, t0 = Path(args.run).resolve(), time.time()
     rule, rule_file = {k: getattr(plan, k) for k in LOOP}, root / "rule.json"
-    if rule_file.is_file() and json.loads(rule_file.read_text()) != rule:  # its measured cells are for that rule
+    measured_with = {"credit": "block", **json.loads(rule_file.read_text())} if rule_file.is_file() else rule
+    if measured_with != rule:  # its cells are for that rule (a run before policy.credit scored every block's draws)
         raise SystemExit(f"{root} was measured with {rule_file.read_text().strip()}, not {json.dumps(rule)}: give "
                          f"another --run (copy its base/ and tasks.jsonl there to reuse them)")
     root.mkdir(parents=True, exist_ok=True)

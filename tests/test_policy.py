@@ -38,8 +38,9 @@ def _model(dit, cond):
     return lambda x, t: dit(x, t, cond)
 
 
-def _independent_logp(dit, cond, block, flow, cfg, anchor, readout):
-    """The density from first principles: each step's mean by hand, Normal and Categorical from torch."""
+def _independent_logp(dit, cond, block, flow, cfg, anchor, readout, scored=None):
+    """The density from first principles: each step's mean by hand, Normal and Categorical from torch; ``scored``
+    (a list): only each row's draws at positions below it."""
     steps = block.states.shape[0] - 1
     dt, total = 1.0 / steps, torch.zeros(block.states.shape[1])
     gaussian = steps if flow.objective == "velocity" else steps - 1
@@ -56,7 +57,12 @@ def _independent_logp(dit, cond, block, flow, cfg, anchor, readout):
             normal = Normal(mu[:, drafted], cfg.sigma * math.sqrt(dt))
             total += normal.log_prob(block.states[i + 1][:, drafted]).flatten(1).sum(1)
     if flow.objective == "tokens":
-        total += Categorical(logits=logits[:, drafted] / cfg.temperature).log_prob(block.tokens[:, drafted]).sum(1)
+        for b in range(len(total)):
+            first = 1 if anchor is not None else 0
+            last = block.tokens.shape[1] if scored is None else scored[b]
+            if last > first:
+                draws = Categorical(logits=logits[b, first:last] / cfg.temperature)
+                total[b] += draws.log_prob(block.tokens[b, first:last]).sum()
     return total
 
 
@@ -80,6 +86,15 @@ def test_log_prob_is_the_density_of_the_recorded_steps(setup, objective, steps, 
     torch.testing.assert_close(block.logp, independent, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(recomputed.detach(), independent, rtol=1e-4, atol=1e-3)
     assert recomputed.requires_grad
+    torch.testing.assert_close(block.logp, block.token_logp.sum(1) + _independent_logp(
+        dit, cond, block, flow, cfg, anchor, readout, scored=[0, 0, 0]), rtol=1e-4, atol=1e-3)  # draws + steps
+    scored = [1, 3, K]  # credit: the first s positions' draws (and every step)
+    with torch.no_grad():
+        independent = _independent_logp(dit, cond, block, flow, cfg, anchor, readout, scored)
+    part = log_prob(_model(dit, cond), block, flow, cfg, anchor, readout, torch.tensor(scored))
+    torch.testing.assert_close(part.detach(), independent, rtol=1e-4, atol=1e-3)
+    if objective == "tokens":  # fewer draws scored: a larger probability
+        assert part[0] > recomputed[0] and torch.allclose(part[2], recomputed[2])
     if anchored:  # the anchor is held at every step
         assert all(torch.equal(s[:, 0], anchor) for s in block.states)
     if objective == "velocity":
@@ -141,6 +156,9 @@ def test_advantages_clipping_and_the_kl_term():
         sample(lambda x, t: x, torch.zeros(1, 2, 3), FlowConfig(), 1, PolicyConfig(sigma=0.0))
 
 
+THRESHOLD = 0.002  # the fixture's random verifier keeps all 4 tokens of some blocks, 1 or 2 of others
+
+
 def test_the_trainer_recomputes_every_block_of_a_trajectory_in_one_batch(shadow_files, verifier_dir):
     """The trainer's batched recomputation (all of a trajectory's prefixes in one verifier pass, all blocks in one DiT
     pass) gives, per block, the log-probability the decoder drafted it with, and what one prefix pass and one DiT
@@ -162,7 +180,7 @@ def test_the_trainer_recomputes_every_block_of_a_trajectory_in_one_batch(shadow_
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
     cfg = PolicyConfig(temperature=1.3)
     decoder = SpeculativeDecoder(verifier.lm, dit.eval(), DecodeConfig(num_candidates=1, acceptance="guillotine",
-                                 threshold=0.0, max_new_tokens=14, block_len=4), policy=cfg)
+                                 threshold=THRESHOLD, max_new_tokens=14, block_len=4), policy=cfg)
     prompt, rollouts = [1, 17, 40, 5, 88, 9], []
     for seed in (0, 1, 2):
         decoder.generator.manual_seed(seed)
@@ -179,6 +197,8 @@ def test_the_trainer_recomputes_every_block_of_a_trajectory_in_one_batch(shadow_
     cycles = [(j, c) for j, r in enumerate(rollouts) for c in r["cycles"]]
     assert len(cycles) > len(rollouts) and len({c["length"] for _, c in cycles}) > 1  # several prefixes batched
     assert owner == [j for j, _ in cycles]
+    assert all(c["scored"] == min(c["accepted"] + 1, 4) for _, c in cycles)  # credit: decided (the default)
+    assert len({c["scored"] for _, c in cycles}) > 1
     assert torch.allclose(new, old, atol=1e-4) and torch.allclose(ref, old, atol=1e-4)
     lm, readout = verifier.lm, task.readout()
     for b, (j, c) in enumerate(cycles):  # one block at a time
@@ -187,5 +207,14 @@ def test_the_trainer_recomputes_every_block_of_a_trajectory_in_one_batch(shadow_
         anchor = task.embedding[lm.lm_head(cond).argmax(-1)] / dit.cfg.embed_scale
         block = Block(torch.stack([torch.as_tensor(decode(c["states"]))], 1), torch.tensor([c["tokens"]]),
                       torch.tensor([c["logp"]]))
-        one = log_prob(lambda x, t: dit(x, t, cond, prefix), block, dit.flow, cfg, anchor, readout)
+        one = log_prob(lambda x, t: dit(x, t, cond, prefix), block, dit.flow, cfg, anchor, readout,
+                       torch.tensor([c["scored"]]))
         assert float(one.detach()) == pytest.approx(float(new[b]), abs=1e-4)
+    block_credit = SpeculativeDecoder(verifier.lm, dit.eval(), decoder.cfg, policy=PolicyConfig(temperature=1.3,
+                                                                                                credit="block"))
+    block_credit.generator.manual_seed(0)
+    block_credit.trace = []
+    block_credit.generate(prompt)
+    assert [c["tokens"] for c in block_credit.trace] == [c["tokens"] for c in rollouts[0]["cycles"]]  # same draws
+    assert all(c["scored"] == 4 for c in block_credit.trace)
+    assert all(c["logp"] <= d["logp"] + 1e-6 for c, d in zip(block_credit.trace, rollouts[0]["cycles"]))

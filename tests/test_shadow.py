@@ -204,7 +204,7 @@ def test_the_one_machine_launcher_runs_redis_primary_and_trainer_and_stops_them(
 
 def good_trajectory(reward_pair=(0.0, 1.0)) -> dict:
     block = {"length": 3, "states": encode(torch.zeros(2, 4, 64)), "tokens": [1, 2, 3, 4], "logp": -1.0,
-             "accepted": 1}
+             "accepted": 1, "scored": 2}
     return {"format": FORMAT, "version": VERSION, "task": "x", "drafter_version": 0, "prompt": [1, 2, 3],
             "rollouts": [{"completion": [5, 6], "text": "", "verdict": "fail", "reason": "", "reward": r,
                           "cycles": [block]} for r in reward_pair]}

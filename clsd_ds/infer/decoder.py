@@ -24,7 +24,8 @@ length of the next cycle follows acceptance: k = clip(2^ceil(log2(2·ā)), min_b
 With a ``policy`` (the shadow loop, ``shadow/policy.py``) the DiT samples stochastically — Gaussian Euler steps and,
 for a token-objective drafter, tokens drawn from its logits at the policy's temperature — and, when ``trace`` is a
 list, every cycle appends what the trainer needs to recompute the chosen block's log-probability: the prefix length,
-the block's states and tokens, its log-probability and how many of its tokens were accepted.
+the block's states and tokens, how many of its tokens were accepted, how many leading positions its log-probability
+scores (the policy's ``credit``) and that log-probability.
 """
 
 from __future__ import annotations
@@ -289,6 +290,15 @@ class SpeculativeDecoder:
             return acceptance.sampling(logits, tokens, u, cfg.temperature, cfg.top_p)
         return acceptance.guillotine(logits, tokens, cfg.threshold)
 
+    def _traced(self, n: int, a: int, length: int, tokens: list[int]) -> dict:
+        """What the trainer needs of the cycle's chosen block (module docstring): its log-probability over the
+        ``scored`` positions the policy's credit gives (``shadow/policy.py``)."""
+        block, K = self._block, len(tokens)
+        scored = min(a + 1, K) if self.policy.credit == "decided" and self.cfg.num_candidates == 1 else K
+        logp = block.logp[n] - block.token_logp[n, scored:].sum()
+        return {"length": length, "states": block.states[:, n], "tokens": tokens, "logp": float(logp),
+                "accepted": a, "scored": scored}
+
     @torch.no_grad()
     def generate(self, prompt: list[int], eos_id: int | None = None,
                  max_cycles: int | None = None) -> tuple[list[int], DecodeStats]:
@@ -313,8 +323,7 @@ class SpeculativeDecoder:
             n, a, nxt = self.accept(self.verify(tokens, shared, length, h), tokens)
             t2 = time.perf_counter()
             if self.trace is not None and self._block is not None:
-                self.trace.append({"length": length, "states": self._block.states[:, n], "tokens": tokens[n].tolist(),
-                                   "logp": float(self._block.logp[n]), "accepted": a})
+                self.trace.append(self._traced(n, a, length, tokens[n].tolist()))
             new = tokens[n, :a].tolist() + [nxt]
             if eos_id is not None and eos_id in new:
                 new = new[: new.index(eos_id) + 1]

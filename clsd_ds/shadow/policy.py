@@ -15,7 +15,23 @@ reading). σ = 0 makes the steps deterministic (their term is then left out). Th
     log π_θ(b) = Σ_{stochastic i} Σ_{drafted k} log N(x_{i+1,k}; μ_{i,k}, σ²Δ I)
                + Σ_{drafted k} log softmax(l_k / T)[y_k]
 
-recomputed by running the DiT on the recorded inputs x_i (teacher-forced, not resampled). For one task, N rollouts
+recomputed by running the DiT on the recorded inputs x_i (teacher-forced, not resampled).
+
+Credit (``policy.credit``). Given the states, the K drafted tokens are independent draws, so the probability of
+the states and of any subset of the tokens is the sum above restricted to that subset (the others marginalise to
+one). With one candidate per cycle, the text depends only on the tokens up to the first one the verifier refused:
+under ``guillotine`` (or ``sampling``) a cycle that keeps a tokens commits y_0..y_{a−1} and then the verifier's own
+token, which y_a's refusal decided, and y_{a+1}.. are never read. ``credit: decided`` scores exactly those, the
+first s = min(a + 1, K) positions (``scored``):
+
+    log π_θ(b) = Σ_{stochastic i} Σ_{drafted k} log N(x_{i+1,k}; μ_{i,k}, σ²Δ I)
+               + Σ_{drafted k < s} log softmax(l_k / T)[y_k]
+
+the probability of what decided the text, so the tokens nothing read add no noise to the gradient. ``credit:
+block`` scores all K (s = K); with N > 1 candidates every token takes part in choosing the candidate, so the
+primary scores the whole block whatever ``credit`` says.
+
+For one task, N rollouts
 with rewards r_j (1 if the objective check passed, plus an optional shaping term) get group-relative advantages
 A_j = (r_j − mean r) / (std r + 1e-6) (all 0 when every r_j is equal), and every block b of rollout j is trained with
 the clipped surrogate and a KL penalty to the starting (reference) drafter, k3 estimator:
@@ -43,6 +59,7 @@ class PolicyConfig:
     temperature: float = 1.0  # tokens objective: drafted tokens ~ softmax(logits / T)
     clip: float = 0.2  # ε of the clipped ratio
     kl: float = 0.02  # β of the KL penalty to the reference drafter
+    credit: str = "decided"  # decided: the tokens that decided the text; block: all of the block (docstring)
 
     def validate(self) -> None:
         if self.sigma < 0:
@@ -52,6 +69,8 @@ class PolicyConfig:
                 raise ConfigError(f"field 'policy.{name}': expected a positive number, got {getattr(self, name)}")
         if self.kl < 0:
             raise ConfigError(f"field 'policy.kl': expected >= 0, got {self.kl}")
+        if self.credit not in ("decided", "block"):
+            raise ConfigError(f"field 'policy.credit': expected decided or block, got {self.credit!r}")
 
 
 class Block(NamedTuple):
@@ -59,7 +78,8 @@ class Block(NamedTuple):
 
     states: torch.Tensor  # [S + 1, B, K, d] x_0 .. x_S as sampled (anchor pinned)
     tokens: torch.Tensor  # [B, K] the drafted tokens (tokens objective: the categorical draws; position 0 the anchor's)
-    logp: torch.Tensor  # [B] log π of the block under the policy that sampled it
+    logp: torch.Tensor  # [B] log π of the block under the policy that sampled it (all K positions scored)
+    token_logp: torch.Tensor | None = None  # [B, K] the draws' own terms of logp (0 where nothing is drawn)
 
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -93,9 +113,15 @@ def _gaussian_logp(x_next, mu, var, anchor) -> torch.Tensor:
     return -0.5 * (diff.pow(2).flatten(1).sum(1) / var + n * math.log(2 * math.pi * var))
 
 
-def _categorical_logp(logits, tokens, temperature, anchor) -> torch.Tensor:
+def _token_logp(logits, tokens, temperature, anchor, scored=None) -> torch.Tensor:
+    """[B, K] each drafted token's log softmax(l / T); 0 at the anchor and at positions >= ``scored`` [B]."""
     logp = torch.log_softmax(logits.float() / temperature, -1).gather(-1, tokens[..., None])[..., 0]
-    return _drafted(logp, anchor).sum(1)
+    keep = torch.ones_like(logp, dtype=torch.bool)
+    if anchor is not None:
+        keep[:, 0] = False
+    if scored is not None:
+        keep &= torch.arange(logp.shape[1], device=logp.device)[None] < scored.to(logp.device)[:, None]
+    return torch.where(keep, logp, torch.zeros_like(logp))
 
 
 def sample(model: Model, x0: torch.Tensor, flow: FlowConfig, steps: int, cfg: PolicyConfig,
@@ -109,7 +135,7 @@ def sample(model: Model, x0: torch.Tensor, flow: FlowConfig, steps: int, cfg: Po
         raise ValueError("policy.sample: a velocity drafter with policy.sigma 0 is deterministic, its blocks have no "
                          "log-probability to train; set policy.sigma > 0")
     var, gauss = cfg.sigma ** 2 / steps, _gaussian_steps(flow, steps, cfg)
-    x, states, logp, logits = pin_anchor(x0, anchor), [pin_anchor(x0, anchor)], 0.0, None
+    x, states, logp, logits, per_token = pin_anchor(x0, anchor), [pin_anchor(x0, anchor)], 0.0, None, None
     for i in range(steps):
         mu, logits = _step(model, x, i, steps, flow, anchor, readout)
         if i < gauss:
@@ -122,18 +148,21 @@ def sample(model: Model, x0: torch.Tensor, flow: FlowConfig, steps: int, cfg: Po
     if flow.objective == "tokens":
         probs = torch.softmax(logits.float() / cfg.temperature, -1)
         tokens = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(probs.shape[:2])
-        logp = logp + _categorical_logp(logits, tokens, cfg.temperature, anchor)
+        per_token = _token_logp(logits, tokens, cfg.temperature, anchor)
+        logp = logp + per_token.sum(1)
     else:
         tokens = nearest(x)
     if not torch.is_tensor(logp):
         logp = torch.zeros(x0.shape[0], device=x0.device)
-    return Block(torch.stack(states), tokens, logp.detach())
+    if per_token is None:
+        per_token = torch.zeros(tokens.shape, device=x0.device)
+    return Block(torch.stack(states), tokens, logp.detach(), per_token.detach())
 
 
 def log_prob(model: Model, block: Block, flow: FlowConfig, cfg: PolicyConfig, anchor: torch.Tensor | None = None,
-             readout: Readout | None = None) -> torch.Tensor:
+             readout: Readout | None = None, scored: torch.Tensor | None = None) -> torch.Tensor:
     """log π_θ of recorded blocks [B], differentiable in the model's parameters (the DiT run on the recorded
-    inputs)."""
+    inputs); ``scored`` [B]: only each block's first ``scored`` draws count (module docstring; None: all K)."""
     steps = block.states.shape[0] - 1
     var, gauss = cfg.sigma ** 2 / steps, _gaussian_steps(flow, steps, cfg)
     logp = torch.zeros(block.states.shape[1], device=block.states.device)
@@ -144,7 +173,7 @@ def log_prob(model: Model, block: Block, flow: FlowConfig, cfg: PolicyConfig, an
         if i < gauss:
             logp = logp + _gaussian_logp(block.states[i + 1], mu, var, anchor)
         if flow.objective == "tokens" and i == steps - 1:
-            logp = logp + _categorical_logp(logits, block.tokens, cfg.temperature, anchor)
+            logp = logp + _token_logp(logits, block.tokens, cfg.temperature, anchor, scored).sum(1)
     return logp
 
 

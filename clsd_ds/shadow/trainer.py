@@ -164,10 +164,10 @@ class ShadowTask:
 
     def _block_logps(self, model, traj: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
         """(log π_θ, log π_old, log π_ref) [B] of the trajectory's B drafted blocks (every cycle of every rollout),
-        and each block's rollout index. The blocks of one length K (a cycle may draft fewer than block_len tokens)
-        are one batch: their prefixes (each a prefix of its rollout's text: the prompt and the tokens committed
-        before the cycle) go through the verifier in one prefix pass, the blocks through the DiT in one pass each
-        for θ and the reference."""
+        each over the positions the primary scored, and each block's rollout index. The blocks of one length K (a
+        cycle may draft fewer than block_len tokens) are one batch: their prefixes (each a prefix of its rollout's
+        text: the prompt and the tokens committed before the cycle) go through the verifier in one prefix pass, the
+        blocks through the DiT in one pass each for θ and the reference."""
         flow, lm, scale = self.module.flow, self.verifier.lm, self.module.cfg.embed_scale
         readout = self.readout()
         by_len: dict[int, list] = {}
@@ -185,10 +185,11 @@ class ShadowTask:
                           torch.tensor([c["tokens"] for _, c, _ in group], device=device),
                           torch.tensor([float(c["logp"]) for _, c, _ in group], device=device))
             ctx = (cond, prefix) if self.module.cfg.prefix_state else (cond,)
-            new.append(log_prob(lambda x, t: model(x, t, *ctx), block, flow, self.policy, anchor, readout))
+            scored = torch.tensor([c["scored"] for _, c, _ in group], device=device)  # as the primary scored it
+            new.append(log_prob(lambda x, t: model(x, t, *ctx), block, flow, self.policy, anchor, readout, scored))
             with torch.no_grad():
                 ref.append(log_prob(lambda x, t: self.reference(x, t, *ctx), block, flow, self.policy, anchor,
-                                    readout))
+                                    readout, scored))
             old.append(block.logp)
             owner += [j for _, _, j in group]
         return torch.cat(new), torch.cat(old), torch.cat(ref), owner

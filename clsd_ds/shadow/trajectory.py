@@ -1,13 +1,14 @@
 """What the primary sends and the trainer checks: one task's group of rollouts as a JSON object.
 
-    {"format": "clsd-trajectory", "version": 1, "task": id, "drafter_version": v, "prompt": [ids],
+    {"format": "clsd-trajectory", "version": 2, "task": id, "drafter_version": v, "prompt": [ids],
      "rollouts": [{"completion": [ids], "text": str, "verdict": status, "reason": str, "reward": r,
                    "cycles": [{"length": L, "states": tensor [S + 1, K, d], "tokens": [K ids], "logp": log π_old,
-                               "accepted": a}, ...]}, ...]}
+                               "accepted": a, "scored": s}, ...]}, ...]}
 
 A cycle's block was drafted after the first L tokens of prompt + completion (L counts the prompt); its recorded
 states and tokens are what ``policy.log_prob`` needs, ``logp`` is its log-probability under the version that
-drafted it. Tensors travel as {"shape": [...], "float32": base64 of the little-endian bytes}.
+drafted it, over its first s positions' draws (``policy.py``: the credit). Version 1 (every position scored, no
+``scored``) is refused. Tensors travel as {"shape": [...], "float32": base64 of the little-endian bytes}.
 ``problem()`` says what is wrong with a trajectory (None: nothing), so the trainer can refuse it with a reason.
 """
 
@@ -19,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-FORMAT, VERSION = "clsd-trajectory", 1
+FORMAT, VERSION = "clsd-trajectory", 2
 
 
 def encode(t: torch.Tensor) -> dict:
@@ -56,11 +57,13 @@ def problem(traj, versions: set[int], steps: int, block_len: int, hidden: int, v
         for c in cycles:
             try:
                 states, tokens, length = decode(c["states"]), c["tokens"], int(c["length"])
-                logp = float(c["logp"])
+                logp, scored = float(c["logp"]), c["scored"]
             except (KeyError, TypeError, ValueError):
                 return "truncated"
             K = len(tokens)
             if states.shape != (steps + 1, K, hidden) or not 1 <= K <= block_len:
+                return "wrong_shape"
+            if not isinstance(scored, int) or not 1 <= scored <= K:
                 return "wrong_shape"
             if not all(isinstance(x, int) and 0 <= x < vocab for x in tokens) or not len(prompt) <= length <= total:
                 return "wrong_shape"
