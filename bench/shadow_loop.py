@@ -61,7 +61,7 @@ class Plan:
     lr: float = 1e-4
     threshold: float = 0.1  # guillotine
     temperature: float = 1.0
-    credit: str = "decided"  # policy.credit: the draws a block's log-probability scores
+    credit: str = "block"  # policy.credit: the draws a block's log-probability scores
 
 
 FULL = Plan(QuickstartConfig(run_dir="", documents=4000, verifier_steps=4000, decode_prompts=2, progress=False),

@@ -178,7 +178,7 @@ def test_the_trainer_recomputes_every_block_of_a_trajectory_in_one_batch(shadow_
         for name, p in dit.named_parameters():
             if "adaLN" in name or name.startswith("final.linear"):
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    cfg = PolicyConfig(temperature=1.3)
+    cfg = PolicyConfig(temperature=1.3, credit="decided")
     decoder = SpeculativeDecoder(verifier.lm, dit.eval(), DecodeConfig(num_candidates=1, acceptance="guillotine",
                                  threshold=THRESHOLD, max_new_tokens=14, block_len=4), policy=cfg)
     prompt, rollouts = [1, 17, 40, 5, 88, 9], []
@@ -197,7 +197,7 @@ def test_the_trainer_recomputes_every_block_of_a_trajectory_in_one_batch(shadow_
     cycles = [(j, c) for j, r in enumerate(rollouts) for c in r["cycles"]]
     assert len(cycles) > len(rollouts) and len({c["length"] for _, c in cycles}) > 1  # several prefixes batched
     assert owner == [j for j, _ in cycles]
-    assert all(c["scored"] == min(c["accepted"] + 1, 4) for _, c in cycles)  # credit: decided (the default)
+    assert all(c["scored"] == min(c["accepted"] + 1, 4) for _, c in cycles)  # credit: decided
     assert len({c["scored"] for _, c in cycles}) > 1
     assert torch.allclose(new, old, atol=1e-4) and torch.allclose(ref, old, atol=1e-4)
     lm, readout = verifier.lm, task.readout()
