@@ -53,6 +53,20 @@ class Checker(Protocol):
     def check(self, task: dict, completion: str) -> Verdict: ...
 
 
+def run_for_json(sandbox: Sandbox, program: str) -> tuple[object, float] | Verdict:
+    """Run a check program in the sandbox: (its last output line read as JSON, seconds), or the ``timeout`` /
+    ``error`` verdict of a run that did not finish cleanly (the reason ends with the tail of its stderr)."""
+    run = sandbox.run(program)
+    if run.status != "ok" or run.exit_code != 0:
+        stderr = run.stderr.strip()[-200:]
+        return Verdict("timeout" if run.status == "timeout" else "error",
+                       run.reason or f"exit code {run.exit_code}" + (f": {stderr}" if stderr else ""), run.seconds)
+    try:
+        return json.loads(run.stdout.strip().splitlines()[-1]), run.seconds
+    except (json.JSONDecodeError, IndexError):
+        return Verdict("error", f"unreadable check output {run.stdout[-200:]!r}", run.seconds)
+
+
 class ArithmeticChecker:
     def __init__(self, sandbox: Sandbox):
         self.sandbox = sandbox
@@ -72,21 +86,17 @@ class ArithmeticChecker:
         program = (f"import json\nreference = str({task['compute']})\n"
                    f"steps = [eval(s, {{'__builtins__': {{}}}}) for s, _ in {steps!r}]\n"
                    "print(json.dumps({'reference': reference, 'steps': steps}))")
-        run = self.sandbox.run(program)
-        if run.status != "ok" or run.exit_code != 0:
-            return Verdict("timeout" if run.status == "timeout" else "error",
-                           run.reason or f"exit code {run.exit_code}", run.seconds)
-        try:
-            out = json.loads(run.stdout.strip().splitlines()[-1])
-        except (json.JSONDecodeError, IndexError):
-            return Verdict("error", f"unreadable check output {run.stdout[-200:]!r}", run.seconds)
+        ran = run_for_json(self.sandbox, program)
+        if isinstance(ran, Verdict):
+            return ran
+        out, seconds = ran
         wrong = [f"{s} = {claimed} (is {value})" for (s, claimed), value in zip(steps, out["steps"])
                  if value != claimed]
         if answer != out["reference"]:
-            return Verdict("fail", f"answer {answer!r}, expected {out['reference']!r}", run.seconds)
+            return Verdict("fail", f"answer {answer!r}, expected {out['reference']!r}", seconds)
         if wrong:
-            return Verdict("fail", "wrong step: " + "; ".join(wrong), run.seconds)
-        return Verdict("pass", "", run.seconds)
+            return Verdict("fail", "wrong step: " + "; ".join(wrong), seconds)
+        return Verdict("pass", "", seconds)
 
 
 HARNESS = """
@@ -119,24 +129,23 @@ class PythonChecker:
         if not body.strip():
             return Verdict("fail", "empty function body")
         args = [a for a, _ in task["cases"]]
-        run = self.sandbox.run(task["prompt"] + body + "\n" + HARNESS.format(args=args, entry=task["entry"]))
-        if run.status != "ok" or run.exit_code != 0:
-            return Verdict("timeout" if run.status == "timeout" else "error",
-                           run.reason or f"exit code {run.exit_code}: {run.stderr.strip()[-200:]}", run.seconds)
+        ran = run_for_json(self.sandbox, task["prompt"] + body + "\n" + HARNESS.format(args=args, entry=task["entry"]))
+        if isinstance(ran, Verdict):
+            return ran
+        results, seconds = ran
         try:
-            results = json.loads(run.stdout.strip().splitlines()[-1])
             results = [(str(kind), value) for kind, value in results]
-        except (json.JSONDecodeError, IndexError, TypeError, ValueError):
-            return Verdict("error", f"unreadable check output {run.stdout[-200:]!r}", run.seconds)
+        except (TypeError, ValueError):
+            return Verdict("error", f"check output is not a list of pairs: {results!r:.200}", seconds)
         if len(results) != len(task["cases"]):
-            return Verdict("error", f"{len(results)} results for {len(task['cases'])} cases", run.seconds)
+            return Verdict("error", f"{len(results)} results for {len(task['cases'])} cases", seconds)
         for (args, expected), (kind, value) in zip(task["cases"], results):
             call = f"{task['entry']}({', '.join(map(repr, args))})"
             if kind != "returned":
-                return Verdict("fail", f"{call} raised {value}", run.seconds)
+                return Verdict("fail", f"{call} raised {value}", seconds)
             if value != expected or type(value) is not type(expected):
-                return Verdict("fail", f"{call} returned {value!r}, expected {expected!r}", run.seconds)
-        return Verdict("pass", "", run.seconds)
+                return Verdict("fail", f"{call} returned {value!r}, expected {expected!r}", seconds)
+        return Verdict("pass", "", seconds)
 
 
 CHECKERS = {"arithmetic": ArithmeticChecker, "python": PythonChecker}
