@@ -59,7 +59,7 @@ class PolicyConfig:
     temperature: float = 1.0  # tokens objective: drafted tokens ~ softmax(logits / T)
     clip: float = 0.2  # ε of the clipped ratio
     kl: float = 0.02  # β of the KL penalty to the reference drafter
-    credit: str = "block"  # block: all K draws; decided: the draws that decided the text (docstring; not measured yet)
+    credit: str = "block"  # block: all K draws; decided: the draws that decided the text (docstring; measured: no help)
 
     def validate(self) -> None:
         if self.sigma < 0:
