@@ -14,7 +14,9 @@
    the version lag (the newest published version minus the one a trajectory was drafted with, when it was sent).
 JSON + Markdown + PNG (solve rate against updates); a rerun reuses the base, the tasks and the measured versions.
 ``--threshold`` / ``--temperature`` change the decoding rule of every CLSD number and of the loop; a run directory
-keeps the rule it was measured with (``rule.json``) and refuses another.
+keeps the rule it was measured with (``rule.json``) and refuses another. ``--lr`` sets the trainer's learning rate;
+``--train-tasks K`` trains on only K training tasks, ones the starting drafter solves sometimes (``focus_tasks``):
+a test of whether the loop can raise the reward where its gradient is nonzero, read from the per-round rewards.
 """
 
 from __future__ import annotations
@@ -62,11 +64,14 @@ class Plan:
     threshold: float = 0.1  # guillotine
     temperature: float = 1.0
     credit: str = "block"  # policy.credit: the draws a block's log-probability scores
+    train_tasks: int = 0  # > 0: the loop trains on only this many training tasks, ones the starting drafter's
+    #                       group solves sometimes (mixed verdicts; see focus_tasks); 0: on all of them
 
 
 FULL = Plan(QuickstartConfig(run_dir="", documents=4000, verifier_steps=4000, decode_prompts=2, progress=False),
             tasks=200, heldout=40, tokens=64, updates=40)
-LOOP = ("threshold", "temperature", "updates", "save_every", "credit")  # what a run directory's cells depend on
+LOOP = ("threshold", "temperature", "updates", "save_every", "credit", "lr", "train_tasks")  # what its cells depend on
+EARLIER = {"credit": "block", "lr": 1e-4, "train_tasks": 0}  # what a run directory's rule.json without them meant
 TINY_PLAN = Plan(QuickstartConfig(run_dir="", documents=120, verifier=dict(TINY), verifier_steps=4,
                                   distill_shards=1, clsd_steps=4, decode_prompts=1, decode_tokens=4, num_workers=0,
                                   progress=False), tasks=10, heldout=3, n=2, tokens=6, updates=2, batch=1, save_every=1,
@@ -122,6 +127,28 @@ def clsd_solve_rate(primary: Primary, drafter: str, tasks: list[dict], plan: Pla
         reward += sum(r["reward"] for r in group["rollouts"]) / len(group["rollouts"])
     n = len(tasks)
     return {"best_of_n": len(solved) / n, "pass_at_n": any_pass / n, "mean_reward": reward / n, "solved": solved}
+
+
+def focus_tasks(primary: Primary, tasks: Path, out: Path, plan: Plan) -> dict:
+    """The task set ``out``: the held-out tasks of ``tasks`` and the first ``plan.train_tasks`` training tasks on
+    which the primary's group of N rollouts (its drafter and rule, probe seeds apart from the loop's) has mixed
+    verdicts: the tasks where a group-relative advantage is nonzero, so a loop that can learn at all should raise
+    their reward. Written once; a rerun reuses it."""
+    if not out.is_file():
+        chosen, probed = [], 0
+        for i, task in enumerate(read_tasks(tasks, "train")):
+            if len(chosen) == plan.train_tasks:
+                break
+            rewards = [r["reward"] for r in primary.task_group(task, seed=20_000 + i)["rollouts"]]
+            probed += 1
+            if 0 < sum(rewards) < len(rewards):
+                chosen.append(task)
+        if len(chosen) < plan.train_tasks:
+            raise SystemExit(f"--train-tasks {plan.train_tasks}: only {len(chosen)} of the {probed} training tasks "
+                             f"of {tasks} have mixed verdicts under the starting drafter; ask for fewer")
+        write_tasks(out, chosen + read_tasks(tasks, "heldout"))
+        (out.with_suffix(".probe.json")).write_text(json.dumps({"probed": probed, "chosen": len(chosen)}))
+    return json.loads(out.with_suffix(".probe.json").read_text())
 
 
 def run_loop(root: Path, base: Path, tasks: Path, plan: Plan) -> dict:
@@ -205,21 +232,26 @@ def main() -> None:
     ap.add_argument("--credit", choices=("decided", "block"), default=None, help="policy.credit instead of the plan's")
     ap.add_argument("--updates", type=int, default=None, help="the trainer's updates instead of the plan's")
     ap.add_argument("--save-every", type=int, default=None, help="a drafter version every this many updates")
+    ap.add_argument("--lr", type=float, default=None, help="the trainer's learning rate instead of the plan's")
+    ap.add_argument("--train-tasks", type=int, default=None,
+                    help="train on only this many training tasks, ones with mixed verdicts under the starting "
+                         "drafter (does the loop raise their reward?); default: all")
     ap.add_argument("--measure-every", type=int, default=None,
                     help="measure the versions every this many updates on the held-out tasks (a multiple of "
                          "--save-every; default: every version)")
     args = ap.parse_args()
     plan = TINY_PLAN if args.tiny else FULL
     given = {"threshold": args.threshold, "temperature": args.temperature, "credit": args.credit,
-             "updates": args.updates, "save_every": args.save_every,
+             "updates": args.updates, "save_every": args.save_every, "lr": args.lr, "train_tasks": args.train_tasks,
              "measure_every": args.measure_every or args.save_every}
     plan = replace(plan, **{k: v for k, v in given.items() if v is not None})
-    if plan.updates < 1 or plan.save_every < 1 or plan.measure_every % plan.save_every:
-        raise SystemExit(f"--updates {plan.updates} / --save-every {plan.save_every}: expected positive integers, and "
-                         f"--measure-every {plan.measure_every} a multiple of --save-every")
+    if plan.updates < 1 or plan.save_every < 1 or plan.measure_every % plan.save_every or plan.train_tasks < 0:
+        raise SystemExit(f"--updates {plan.updates} / --save-every {plan.save_every}: expected positive integers, "
+                         f"--measure-every {plan.measure_every} a multiple of --save-every, and --train-tasks "
+                         f"{plan.train_tasks} ≥ 0")
     root, t0 = Path(args.run).resolve(), time.time()
     rule, rule_file = {k: getattr(plan, k) for k in LOOP}, root / "rule.json"
-    measured_with = {"credit": "block", **json.loads(rule_file.read_text())} if rule_file.is_file() else rule
+    measured_with = {**EARLIER, **json.loads(rule_file.read_text())} if rule_file.is_file() else rule
     if measured_with != rule:  # its cells are for that rule (a run before policy.credit scored every block's draws)
         raise SystemExit(f"{root} was measured with {rule_file.read_text().strip()}, not {json.dumps(rule)}: give "
                          f"another --run (copy its base/ and tasks.jsonl there to reuse them)")
@@ -248,7 +280,13 @@ def main() -> None:
     if "clsd_v0" not in measured:
         measured["clsd_v0"] = clsd_solve_rate(primary, str(base / "clsd"), heldout, plan)
     cache.write_text(json.dumps(measured, indent=1))
+    if plan.train_tasks:
+        primary.decoder = primary._decoder(load_drafter(str(base / "clsd"), primary.verifier))  # the starting one
+        focus = focus_tasks(primary, tasks, root / "tasks_focus.jsonl", plan)
+        tasks = root / "tasks_focus.jsonl"
     loop = run_loop(root, base, tasks, plan)
+    if plan.train_tasks:
+        loop["focus"] = focus
     loop["groups"], loop["rounds"] = group_verdicts(root / "primary", len(read_tasks(tasks, "train")))
     for v in loop["versions"]:
         if v % plan.measure_every == 0 and f"clsd_v{v}" not in measured:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -178,6 +179,42 @@ def test_shadow_loop_counts_groups_and_the_mean_reward_of_each_round_of_training
     assert groups == {"mixed": 2, "all_pass": 3, "all_fail": 2}
     assert rounds == [{"round": 0, "tasks": 3, "mean_reward": 0.5, "versions": [0, 2]},
                       {"round": 1, "tasks": 3, "mean_reward": 5 / 6, "versions": [2, 6]}]
+
+
+def test_shadow_loop_focus_keeps_the_first_training_tasks_with_mixed_verdicts_and_every_heldout_one(tmp_path):
+    """--train-tasks K: the first K training tasks whose probe group has both a pass and a fail, written once with
+    the held-out split; too few such tasks is refused with how many were probed."""
+    import importlib.util
+
+    from clsd_ds.shadow.tasks import make_tasks, read_tasks, write_tasks
+
+    spec = importlib.util.spec_from_file_location("shadow_loop", REPO / "bench" / "shadow_loop.py")
+    bench = sys.modules["shadow_loop"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tasks = write_tasks(tmp_path / "tasks.jsonl", make_tasks(12, 3))
+    train = read_tasks(tasks, "train")
+    verdicts = {t["id"]: r for t, r in zip(train, [[1, 1], [0, 1], [0, 0], [1, 0], [0, 1], [1, 1], [0, 0], [1, 0],
+                                                    [0, 0]])}
+
+    class Probe:  # the primary's task_group, reduced to the verdicts it would give
+        def __init__(self):
+            self.seeds = []
+
+        def task_group(self, task, seed):
+            self.seeds.append(seed)
+            return {"rollouts": [{"reward": r} for r in verdicts[task["id"]]]}
+
+    plan = replace(bench.TINY_PLAN, train_tasks=3)
+    probe = Probe()
+    assert bench.focus_tasks(probe, tasks, tmp_path / "focus.jsonl", plan) == {"probed": 5, "chosen": 3}
+    assert [t["id"] for t in read_tasks(tmp_path / "focus.jsonl", "train")] == [train[i]["id"] for i in (1, 3, 4)]
+    assert read_tasks(tmp_path / "focus.jsonl", "heldout") == read_tasks(tasks, "heldout")
+    assert len(set(probe.seeds)) == 5
+    bench.focus_tasks(probe, tasks, tmp_path / "focus.jsonl", plan)  # written once: a rerun probes nothing
+    assert len(probe.seeds) == 5
+    with pytest.raises(SystemExit, match="only 4 of the 9 training tasks"):
+        bench.focus_tasks(probe, tasks, tmp_path / "more.jsonl", replace(plan, train_tasks=5))
+    assert not (tmp_path / "more.jsonl").exists()
 
 
 def test_gpu_check_tiny_runs_every_part_in_its_own_process_and_reports_each_target(tmp_path):
